@@ -1,0 +1,159 @@
+"""The abstract array backend.
+
+A backend owns an array module (``xp``: NumPy or CuPy), a device, a random generator, and the
+fused kernels of the hot path. The framework in ``nnx/`` is written once against this interface:
+generic ops go through ``backend.xp``; the hot path (activations, softmax-cross-entropy, optimizer
+updates) goes through the kernel methods below, each of which has a NumPy twin and a CUDA kernel.
+
+Conventions for the kernel methods
+----------------------------------
+* Arrays are backend arrays (``numpy.ndarray`` or ``cupy.ndarray``) of a floating dtype
+  (float16, float32 or float64); results have the input's dtype.
+* ``out=`` (where offered) names a preallocated array of the result's shape and dtype; it may be
+  the input itself (in-place).
+* Methods whose name ends in ``_`` update their first arguments in place and return nothing.
+* Hyperparameters are Python ``float``/``int``/``bool``: never NumPy float64 scalars, which under
+  NumPy 2 would promote a float32 update to float64.
+* No method synchronizes with the host.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+ACTIVATIONS = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
+
+
+class Backend(abc.ABC):
+    """One array backend on one device.
+
+    Attributes:
+        name: ``"numpy"`` or ``"cupy"``.
+        xp: the array module (``numpy`` or ``cupy``).
+        device: the device string, ``"cpu"`` or ``"cuda:N"``.
+    """
+
+    name: str
+    xp: Any
+    device: str
+
+    # ------------------------------------------------------------------ arrays and devices
+    @abc.abstractmethod
+    def asarray(self, data, dtype=None):
+        """Return ``data`` as an array of this backend (copying only when needed)."""
+
+    @abc.abstractmethod
+    def to_host(self, array):
+        """Return a host ``numpy.ndarray`` holding ``array``'s values (a sync on a GPU)."""
+
+    @abc.abstractmethod
+    def is_array(self, obj) -> bool:
+        """True when ``obj`` is an array of this backend's array type."""
+
+    def synchronize(self) -> None:
+        """Wait for all queued work on this device (no-op on the CPU)."""
+
+    def use(self):
+        """A context manager making this backend's device current (no-op on the CPU)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ random numbers
+    @abc.abstractmethod
+    def seed(self, seed: int) -> None:
+        """Reseed this backend's generator (``nnx.manual_seed``)."""
+
+    @abc.abstractmethod
+    def uniform(self, low: float, high: float, shape, dtype):
+        """Array of ``shape`` drawn from U(low, high) in ``dtype``."""
+
+    @abc.abstractmethod
+    def normal(self, mean: float, std: float, shape, dtype):
+        """Array of ``shape`` drawn from N(mean, std^2) in ``dtype``."""
+
+    @abc.abstractmethod
+    def permutation(self, n: int):
+        """A random permutation of ``range(n)`` as a host int64 NumPy array."""
+
+    @abc.abstractmethod
+    def dropout_mask(self, shape, p: float, dtype):
+        """Array of ``shape``: ``1/(1-p)`` where kept (probability ``1-p``), else 0."""
+
+    # ------------------------------------------------------------------ fused kernels
+    @abc.abstractmethod
+    def sigmoid_fwd(self, x, out=None):
+        """y = 1 / (1 + exp(-x)), stable in both tails (``e = exp(-|x|)`` with a sign branch)."""
+
+    @abc.abstractmethod
+    def sigmoid_bwd(self, y, gy, out=None):
+        """gx = gy * y * (1 - y), from the saved output ``y``."""
+
+    @abc.abstractmethod
+    def relu_fwd(self, x, out=None):
+        """y = x where x > 0 else 0."""
+
+    @abc.abstractmethod
+    def relu_bwd(self, y, gy, out=None):
+        """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0). ``y`` may be x or relu(x)."""
+
+    @abc.abstractmethod
+    def leaky_relu_fwd(self, x, negative_slope: float, out=None):
+        """y = x where x >= 0 else negative_slope * x (PyTorch's convention)."""
+
+    @abc.abstractmethod
+    def leaky_relu_bwd(self, x, gy, negative_slope: float, out=None):
+        """gx = gy where x > 0 else negative_slope * gy (PyTorch: slope at exactly 0)."""
+
+    @abc.abstractmethod
+    def bias_act_(self, y, bias, activation: str, negative_slope: float = 0.01) -> None:
+        """In place over ``y`` (N, F) with ``bias`` (F,) or None: y = act(y + bias).
+
+        ``activation`` is one of ``ACTIVATIONS``. One pass after a Linear's matmul.
+        """
+
+    @abc.abstractmethod
+    def softmax_cross_entropy(self, logits, labels, ignore_index: int = -100,
+                              reduction: str = "mean", need_grad: bool = True):
+        """Fused softmax + negative log-likelihood with its gradient in the same pass.
+
+        Args:
+            logits: (N, C) floating array (float16 accumulates in float32).
+            labels: (N,) int32 or int64 array of class indices in [0, C) or ``ignore_index``.
+            reduction: ``"mean"`` (over non-ignored rows; 0 when all are ignored), ``"sum"``
+                or ``"none"``.
+            need_grad: compute the gradient too.
+
+        Returns:
+            ``(loss, grad, bad)``: ``loss`` is a 0-d array (mean/sum) or (N,) (none) of the
+            logits' dtype; ``grad`` is (N, C), ``(softmax - onehot) * scale`` with
+            ``scale = 1/max(count, 1)`` for mean and 1 otherwise, zero on ignored rows (None
+            when ``need_grad`` is false); ``bad`` is None when labels were checked on the host
+            (the NumPy twin raises ``IndexError`` directly), else a device int32 0-d array that
+            is nonzero when some label lay outside [0, C) (such rows are treated as ignored,
+            never read out of bounds). The caller checks ``bad`` at its next host sync.
+        """
+
+    @abc.abstractmethod
+    def sgd_update_(self, param, grad, momentum_buf, lr: float, momentum: float = 0.0,
+                    dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                    first_step: bool = False) -> None:
+        """One SGD step in place, PyTorch's rule, one pass over flat arrays.
+
+        d = grad + weight_decay * param; if momentum: buf = d on the first step, else
+        buf = momentum * buf + (1 - dampening) * d; d = d + momentum * buf (nesterov) or buf;
+        param -= lr * d. ``momentum_buf`` is None when momentum is 0.
+        """
+
+    @abc.abstractmethod
+    def adam_update_(self, param, grad, exp_avg, exp_avg_sq, lr: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, step: int) -> None:
+        """One Adam step in place (PyTorch's rule, L2 weight decay), one pass over flat arrays.
+
+        g = grad + weight_decay * param; m = beta1 m + (1 - beta1) g;
+        v = beta2 v + (1 - beta2) g^2; param -= lr / (1 - beta1^step) * m /
+        (sqrt(v) / sqrt(1 - beta2^step) + eps).
+        """
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} device={self.device!r}>"

@@ -1,0 +1,44 @@
+"""nnx: a small neural-network framework with one code base for NumPy (CPU) and CuPy (CUDA).
+
+Quick tour::
+
+    import nnx
+    from nnx import nn, optim
+    import nnx.functional as F
+
+    nnx.set_device("auto")            # "cpu", "cuda", "cuda:N" or "auto"
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1), nn.Sigmoid())
+    opt = optim.Adam(model.parameters(), lr=0.01)
+"""
+from . import _config
+from ._config import (cuda_available, detect_anomaly, device, enable_grad, get_default_dtype,
+                      get_device, is_anomaly_enabled, is_grad_enabled, manual_seed, no_grad,
+                      set_default_dtype, set_detect_anomaly, set_device)
+from .errors import (AnomalyError, CheckpointError, DeviceError, DTypeError, GraphError, LabelError,
+                     NNXError, OutOfMemoryError, ShapeError)
+from .tensor import Tensor, as_tensor, is_tensor, tensor
+from .ops import (abs, add, amax, arange, argmax, argmin, clamp, clip, clone, div, exp, flatten, full,
+                  log, matmul, max, mean, min, mul, neg, ones, ones_like, permute, pow, rand, randn,
+                  reshape, sqrt, squeeze, sub, sum, tanh, transpose, unsqueeze, zeros, zeros_like)
+from . import functional
+from .functional import relu, sigmoid, softmax, log_softmax, leaky_relu
+from . import nn, optim
+from .serialization import load, save
+
+float16, float32, float64 = "float16", "float32", "float64"
+int32, int64, bool_ = "int32", "int64", "bool"
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "tensor", "as_tensor", "is_tensor", "set_device", "get_device", "device",
+    "cuda_available", "set_default_dtype", "get_default_dtype", "no_grad", "enable_grad",
+    "is_grad_enabled", "manual_seed", "detect_anomaly", "set_detect_anomaly", "is_anomaly_enabled",
+    "save", "load", "nn", "optim", "functional", "NNXError", "ShapeError", "DTypeError",
+    "DeviceError", "LabelError", "GraphError", "AnomalyError", "CheckpointError",
+    "OutOfMemoryError", "abs", "add", "amax", "arange", "argmax", "argmin", "clamp", "clip",
+    "clone", "div", "exp", "flatten", "full", "log", "matmul", "max", "mean", "min", "mul", "neg",
+    "ones", "ones_like", "permute", "pow", "rand", "randn", "reshape", "sqrt", "squeeze", "sub",
+    "sum", "tanh", "transpose", "unsqueeze", "zeros", "zeros_like", "relu", "sigmoid", "softmax",
+    "log_softmax", "leaky_relu",
+]

@@ -1,0 +1,169 @@
+"""Define-by-run reverse-mode autograd over coarse functions.
+
+Every op is a ``Function`` with ``forward(*arrays) -> array`` and ``backward(gy) -> grads``
+written against the backend (``self.backend``, ``self.xp``), one graph node per op, one output
+per node. ``backward`` visits nodes in topological order (built iteratively, so deep graphs
+cannot hit the recursion limit) and accumulates into leaves in place.
+"""
+from __future__ import annotations
+
+from . import _config
+from .errors import AnomalyError, DeviceError, GraphError
+
+_state = _config._state
+
+
+class Function:
+    """One differentiable op: a node of the graph.
+
+    Subclasses implement ``forward(self, *xs)`` returning one backend array and
+    ``backward(self, gy)`` returning one gradient array (or None) per input, in input order.
+    During both, ``self.backend`` is the inputs' backend and ``self.xp`` its array module;
+    ``self.needs_input_grad`` (a tuple of bools, or None when no graph is recorded) tells
+    ``forward`` what to save and ``backward`` what to compute. ``self.unit_grad`` is true when
+    ``gy`` is the implicit 1 of ``loss.backward()``, so a loss can hand back a gradient it
+    already computed without scaling it.
+    """
+
+    inputs = None
+    needs_input_grad = None
+    unit_grad = False
+    released = False
+
+    def apply(self, *inputs):
+        b = inputs[0]._backend
+        for t in inputs:
+            if t._backend is not b:
+                _device_mismatch(self, inputs)
+        self.backend = b
+        self.xp = b.xp
+        record = False
+        if _state.grad_enabled:
+            for t in inputs:
+                if t.requires_grad:
+                    record = True
+                    break
+        if record:
+            self.needs_input_grad = tuple([t.requires_grad for t in inputs])
+        y = self.forward(*[t.data for t in inputs])
+        if type(y) is not b.array_type:
+            y = b.xp.asarray(y)
+        out = _new_tensor(y, b)
+        if _config.detect_anomaly_enabled:
+            _check_finite(self, "forward", y, b)
+        if record:
+            self.inputs = inputs
+            out.requires_grad = True
+            out.creator = self
+        return out
+
+    def forward(self, *xs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, gy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def release(self) -> None:
+        """Free what this node saved; a second backward through it then raises."""
+        self.inputs = None
+        self.released = True
+        d = self.__dict__
+        for k in [k for k in d if k not in ("backend", "xp", "released", "inputs")]:
+            del d[k]
+
+
+def _device_mismatch(fn, inputs):
+    where = ", ".join(f"input {i}: {tuple(t.shape)} {t.dtype} on {t.device}" for i, t in enumerate(inputs))
+    raise DeviceError(f"{fn.name}: tensors on different devices ({where}); move them with "
+                      f".to(device) first")
+
+
+def _check_finite(fn, phase, arr, backend):
+    if arr is None or arr.dtype.kind != "f":
+        return
+    xp = backend.xp
+    if not bool(xp.isfinite(arr).all()):
+        kind = "NaN" if bool(xp.isnan(arr).any()) else "inf"
+        raise AnomalyError(f"anomaly detected: {fn.name} produced {kind} in its {phase} pass "
+                           f"(output shape {tuple(arr.shape)})")
+
+
+_new_tensor = None  # set by nnx.tensor (avoids an import cycle)
+
+
+def backward(root, grad=None, retain_graph=False):
+    """Backpropagate from ``root`` (a Tensor), accumulating ``.grad`` of the leaves."""
+    if not root.requires_grad:
+        raise GraphError("backward(): the tensor does not require grad and has no grad_fn "
+                         "(was it created under no_grad, or from tensors without requires_grad?)")
+    b = root._backend
+    unit = grad is None
+    if unit:
+        if root.data.size != 1:
+            raise GraphError(f"backward(): grad can be implicitly created only for a scalar output, "
+                             f"got shape {tuple(root.shape)}; pass a gradient argument")
+        seed = b.xp.ones(root.data.shape, dtype=root.data.dtype)
+    else:
+        seed = grad.data if hasattr(grad, "_backend") else b.asarray(grad, dtype=root.data.dtype)
+        if tuple(seed.shape) != tuple(root.shape):
+            raise GraphError(f"backward(): gradient of shape {tuple(seed.shape)} given for a tensor of "
+                             f"shape {tuple(root.shape)}")
+    top = root.creator
+    if top is None:
+        root._accumulate(seed)
+        return
+    if top.released:
+        raise GraphError(f"backward(): trying to backward through the graph a second time "
+                         f"({top.name}'s saved values were freed by the first backward); "
+                         f"use backward(retain_graph=True) the first time")
+
+    # Topological order of the nodes reachable from the root (iterative post-order DFS).
+    order = []
+    expanded = set()
+    stack = [(top, False)]
+    while stack:
+        fn, done = stack.pop()
+        if done:
+            order.append(fn)
+            continue
+        if fn in expanded:
+            continue
+        expanded.add(fn)
+        stack.append((fn, True))
+        for t in fn.inputs:
+            c = t.creator
+            if c is not None and c not in expanded:
+                if c.released:
+                    raise GraphError(f"backward(): {c.name} was freed by an earlier backward; "
+                                     f"use backward(retain_graph=True) the first time")
+                stack.append((c, False))
+
+    anomaly = _config.detect_anomaly_enabled
+    grads = {top: seed}
+    top.unit_grad = unit
+    for fn in reversed(order):
+        gy = grads.pop(fn, None)
+        if gy is None:  # no gradient flowed here (e.g. only through non-differentiable paths)
+            if not retain_graph:
+                fn.release()
+            continue
+        gxs = fn.backward(gy)
+        fn.unit_grad = False
+        inputs = fn.inputs
+        for t, gx in zip(inputs, gxs):
+            if gx is None or not t.requires_grad:
+                continue
+            if anomaly:
+                _check_finite(fn, "backward", gx, b)
+            c = t.creator
+            if c is None:
+                t._accumulate(gx)
+            else:
+                prev = grads.get(c)
+                grads[c] = gx if prev is None else prev + gx
+        if not retain_graph:
+            fn.release()

@@ -1,0 +1,538 @@
+"""Neural-network functions: activations, linear layers, softmax, dropout and losses.
+
+Import as ``import nnx.functional as F``. The hot paths (sigmoid, ReLU, leaky ReLU, bias+activation
+after a matmul, softmax-cross-entropy) call the backend's fused kernels; everything else is
+written with the backend's array module.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _config
+from .autograd import Function
+from .errors import DTypeError, LabelError, ShapeError
+from .ops import _promote_int, exp, log, mean, sum as _sum, tanh  # noqa: F401  (tanh re-exported)
+from .tensor import Tensor, _wrap, as_tensor
+
+__all__ = ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",
+           "mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "cross_entropy", "nll_loss", "log_sigmoid", "softplus"]
+
+
+def _float_input(x, name):
+    if not isinstance(x, Tensor):
+        x = as_tensor(x)
+    if x.data.dtype.kind != "f":
+        if x.data.dtype.kind in "iub":
+            return _promote_int(x)
+        raise DTypeError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
+    return x
+
+
+# ---------------------------------------------------------------------- activations
+class Sigmoid(Function):
+    def forward(self, x):
+        y = self.backend.sigmoid_fwd(x)
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        return (self.backend.sigmoid_bwd(self.y, gy),)
+
+
+class ReLU(Function):
+    def forward(self, x):
+        y = self.backend.relu_fwd(x)
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        return (self.backend.relu_bwd(self.y, gy),)
+
+
+class LeakyReLU(Function):
+    def __init__(self, negative_slope):
+        self.slope = negative_slope
+
+    def forward(self, x):
+        self.x = x
+        return self.backend.leaky_relu_fwd(x, self.slope)
+
+    def backward(self, gy):
+        return (self.backend.leaky_relu_bwd(self.x, gy, self.slope),)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), stable in both tails (fused kernel)."""
+    return Sigmoid().apply(_float_input(x, "sigmoid"))
+
+
+def relu(x):
+    """max(x, 0); the gradient at exactly 0 is 0."""
+    return ReLU().apply(_float_input(x, "relu"))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x for x >= 0, ``negative_slope * x`` otherwise."""
+    return LeakyReLU(float(negative_slope)).apply(_float_input(x, "leaky_relu"))
+
+
+class Softplus(Function):
+    def forward(self, x):
+        xp = self.xp
+        self.x = x
+        # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))
+        return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+    def backward(self, gy):
+        return (gy * self.backend.sigmoid_fwd(self.x),)
+
+
+def softplus(x):
+    return Softplus().apply(_float_input(x, "softplus"))
+
+
+def log_sigmoid(x):
+    """log(sigmoid(x)) = -softplus(-x), computed without log(0)."""
+    return -softplus(-x)
+
+
+# ---------------------------------------------------------------------- softmax
+class Softmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = self.xp
+        m = x.max(axis=self.axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        y = xp.exp(x - m)
+        y /= y.sum(axis=self.axis, keepdims=True)
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        y = self.y
+        gx = y * gy
+        gx -= y * gx.sum(axis=self.axis, keepdims=True)
+        return (gx,)
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = self.xp
+        m = x.max(axis=self.axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        z = x - m
+        with np.errstate(divide="ignore"):
+            z -= xp.log(xp.exp(z).sum(axis=self.axis, keepdims=True))
+        self.y = z
+        return z
+
+    def backward(self, gy):
+        return (gy - self.xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True),)
+
+
+def _dim(axis, dim, default=-1):
+    if dim is not None:
+        return dim
+    return default if axis is None else axis
+
+
+def softmax(x, axis=-1, *, dim=None):
+    """exp(x) / sum(exp(x)) along ``axis`` (``dim`` is accepted as in PyTorch)."""
+    x = _float_input(x, "softmax")
+    return Softmax(_dim(axis, dim) % max(x.ndim, 1)).apply(x)
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    """x - logsumexp(x) along ``axis``; never takes log(0) of a finite row."""
+    x = _float_input(x, "log_softmax")
+    return LogSoftmax(_dim(axis, dim) % max(x.ndim, 1)).apply(x)
+
+
+# ---------------------------------------------------------------------- dropout
+class Dropout(Function):
+    def __init__(self, p):
+        self.p = p
+
+    def forward(self, x):
+        self.mask = self.backend.dropout_mask(x.shape, self.p, x.dtype)
+        return x * self.mask
+
+    def backward(self, gy):
+        return (gy * self.mask,)
+
+
+def dropout(x, p=0.5, training=True):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training only)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return Dropout(float(p)).apply(_float_input(x, "dropout"))
+
+
+# ---------------------------------------------------------------------- linear (+ activation)
+_FUSABLE = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
+
+
+class Linear(Function):
+    """y = act(x @ W.T + b) as one node: a matmul, then one fused bias+activation pass.
+
+    Backward writes the weight and bias gradients straight into preallocated gradient buffers
+    (``out=``) when the parameters have them (see ``nnx.optim``), so a step copies nothing.
+    """
+
+    def __init__(self, activation="linear", negative_slope=0.01):
+        self.act = activation
+        self.slope = negative_slope
+
+    def forward(self, x, w, b=None):
+        lead = x.shape[:-1]
+        x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        y = x2 @ w.T
+        self.backend.bias_act_(y, b, self.act, self.slope)
+        self.x2, self.w, self.lead = x2, w, lead
+        if self.act != "linear":
+            self.y = y
+        return y if x.ndim == 2 else y.reshape(lead + (w.shape[0],))
+
+    def backward(self, gy):
+        be = self.backend
+        g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
+        act = self.act
+        if act == "sigmoid":
+            g = be.sigmoid_bwd(self.y, g)
+        elif act == "relu":
+            g = be.relu_bwd(self.y, g)
+        elif act == "leaky_relu":  # y has x's sign because the slope is positive
+            g = be.leaky_relu_bwd(self.y, g, self.slope)
+        elif act == "tanh":
+            y = self.y
+            g = g * (1 - y * y)
+        need = self.needs_input_grad
+        xp = self.xp
+        gx = gw = gb = None
+        if need[0]:
+            gx = g @ self.w
+            if len(self.lead) != 1:
+                gx = gx.reshape(self.lead + (self.w.shape[1],))
+        if need[1]:
+            buf = self.inputs[1]._fresh_grad_buffer()
+            if buf is not None:
+                xp.matmul(g.T, self.x2, out=buf)
+            else:
+                gw = g.T @ self.x2
+        if len(need) > 2 and need[2]:
+            buf = self.inputs[2]._fresh_grad_buffer()
+            if buf is not None:
+                g.sum(axis=0, out=buf)
+            else:
+                gb = g.sum(axis=0)
+        return gx, gw, gb
+
+
+def linear(x, weight, bias=None, activation="linear", negative_slope=0.01):
+    """y = x @ weight.T + bias, optionally followed by a fused activation.
+
+    Shape:
+        x: (*, in_features); weight: (out_features, in_features); bias: (out_features,);
+        y: (*, out_features).
+    """
+    x = _float_input(x, "linear")
+    if weight.ndim != 2:
+        raise ShapeError(f"linear: weight must be 2-D (out_features, in_features), got {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ShapeError(f"linear: input of shape {x.shape} does not fit weight of shape "
+                         f"{weight.shape} (expected last dimension {weight.shape[1]})")
+    if x.dtype != weight.dtype:
+        raise DTypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}; "
+                         f"convert the input with .to(dtype=...) or the model with .float()/.double()")
+    if activation not in _FUSABLE or (activation == "leaky_relu" and negative_slope <= 0):
+        raise ValueError(f"linear: activation {activation!r} cannot be fused")
+    fn = Linear(activation, float(negative_slope))
+    if x.ndim == 1:
+        return fn.apply(x.reshape(1, -1), weight, *(() if bias is None else (bias,))).reshape(-1)
+    if bias is None:
+        return fn.apply(x, weight)
+    return fn.apply(x, weight, bias)
+
+
+# ---------------------------------------------------------------------- losses
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction, name):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_same_shape(input, target, name):
+    if input.shape != target.shape:
+        raise ShapeError(f"{name}: target shape {target.shape} does not match input shape "
+                         f"{input.shape} (nnx does not broadcast a loss's target; reshape it, "
+                         f"e.g. y.reshape({', '.join(map(str, input.shape))}))")
+
+
+def _loss_target(input, target, name):
+    target = as_tensor(target, like=input)
+    if target.dtype != input.dtype:
+        if target.data.dtype.kind == "f" and input.data.dtype.kind == "f":
+            raise DTypeError(f"{name}: target dtype {target.dtype} differs from input dtype "
+                             f"{input.dtype}")
+        target = target.to(dtype=input.dtype)
+    if target._backend is not input._backend:
+        from .errors import DeviceError
+
+        raise DeviceError(f"{name}: input is on {input.device} but target is on {target.device}")
+    _check_same_shape(input, target, name)
+    return target
+
+
+def _defer_check(out, bad, make_error):
+    """Raise ``make_error()`` if the device flag ``bad`` is set: now on the CPU, at the next host
+    read (``.item()``, ``.numpy()``) on a GPU, so a training step never waits on the device."""
+    if out._backend.name == "numpy":
+        if bool(bad):
+            raise make_error()
+        return
+    checks = out._checks or []
+    checks.append((bad, make_error))
+    out._checks = checks
+
+
+def _reduce(loss_el, reduction, n):
+    if reduction == "mean":
+        return loss_el.mean()
+    if reduction == "sum":
+        return loss_el.sum()
+    return loss_el
+
+
+class MSELoss(Function):
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, p, t):
+        d = p - t
+        self.d = d
+        sq = d * d
+        return _reduce(sq, self.reduction, d.size)
+
+    def backward(self, gy):
+        d = self.d
+        if self.reduction == "mean":
+            g = d * (2.0 / max(d.size, 1))
+        else:
+            g = d * 2.0
+        if not self.unit_grad:
+            g *= gy
+        need = self.needs_input_grad
+        return (g if need[0] else None, -g if need[1] else None)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error: mean((input - target)^2). Shapes must match exactly."""
+    _check_reduction(reduction, "mse_loss")
+    input = _float_input(input, "mse_loss")
+    target = _loss_target(input, target, "mse_loss")
+    return MSELoss(reduction).apply(input, target)
+
+
+class BCELoss(Function):
+    """Binary cross-entropy on probabilities, with PyTorch's numerics: each log is clamped at
+    -100 and the gradient's denominator at 1e-12, so p = 0 or 1 never gives inf or NaN."""
+
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, p, t):
+        xp = self.xp
+        with np.errstate(divide="ignore"):
+            logp = xp.maximum(xp.log(p), -100.0)
+            log1mp = xp.maximum(xp.log(1.0 - p), -100.0)
+        el = -(t * logp + (1.0 - t) * log1mp)
+        self.p, self.t = p, t
+        return _reduce(el, self.reduction, p.size)
+
+    def backward(self, gy):
+        p, t = self.p, self.t
+        xp = self.xp
+        g = (p - t) / xp.maximum(p * (1.0 - p), 1e-12)
+        if self.reduction == "mean":
+            g *= 1.0 / max(p.size, 1)
+        if not self.unit_grad:
+            g *= gy
+        gt = None
+        if self.needs_input_grad[1]:
+            with np.errstate(divide="ignore"):
+                gt = (xp.maximum(xp.log(1.0 - p), -100.0) - xp.maximum(xp.log(p), -100.0))
+            if self.reduction == "mean":
+                gt *= 1.0 / max(p.size, 1)
+            gt = gt * gy
+        return (g if self.needs_input_grad[0] else None, gt)
+
+
+def binary_cross_entropy(input, target, reduction="mean"):
+    """-(t log p + (1 - t) log(1 - p)) on probabilities ``input`` in [0, 1]."""
+    _check_reduction(reduction, "binary_cross_entropy")
+    input = _float_input(input, "binary_cross_entropy")
+    target = _loss_target(input, target, "binary_cross_entropy")
+    xp = input._backend.xp
+    p = input.data
+    bad = xp.any((p < 0) | (p > 1) | xp.isnan(p))
+
+    def err():
+        return ValueError(f"binary_cross_entropy: input must hold probabilities in [0, 1] "
+                          f"(got min {float(p.min()):.4g}, max {float(p.max()):.4g}); for raw "
+                          f"scores use binary_cross_entropy_with_logits")
+
+    t = target.data
+    bad_t = xp.any((t < 0) | (t > 1))
+
+    def err_t():
+        return ValueError("binary_cross_entropy: target must hold values in [0, 1]")
+
+    out = BCELoss(reduction).apply(input, target)
+    _defer_check(out, bad, err)
+    _defer_check(out, bad_t, err_t)
+    return out
+
+
+class BCEWithLogits(Function):
+    """BCE on logits: max(x, 0) - x t + log(1 + exp(-|x|)); gradient sigmoid(x) - t."""
+
+    def __init__(self, reduction, pos_weight=None):
+        self.reduction = reduction
+
+    def forward(self, x, t):
+        xp = self.xp
+        el = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
+        self.x, self.t = x, t
+        return _reduce(el, self.reduction, x.size)
+
+    def backward(self, gy):
+        x, t = self.x, self.t
+        s = self.backend.sigmoid_fwd(x)
+        g = s - t
+        if self.reduction == "mean":
+            g *= 1.0 / max(x.size, 1)
+        if not self.unit_grad:
+            g *= gy
+        gt = None
+        if self.needs_input_grad[1]:
+            gt = -x * (1.0 / max(x.size, 1) if self.reduction == "mean" else 1.0) * gy
+        return (g if self.needs_input_grad[0] else None, gt)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction="mean"):
+    """Binary cross-entropy on logits (stable for any logit: no overflow at +-1e4)."""
+    _check_reduction(reduction, "binary_cross_entropy_with_logits")
+    input = _float_input(input, "binary_cross_entropy_with_logits")
+    target = _loss_target(input, target, "binary_cross_entropy_with_logits")
+    return BCEWithLogits(reduction).apply(input, target)
+
+
+class SoftmaxCrossEntropy(Function):
+    """Fused softmax + NLL: the backend computes the loss and its gradient in one pass."""
+
+    def __init__(self, ignore_index, reduction):
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, logits, labels):
+        need = self.needs_input_grad is not None and self.needs_input_grad[0]
+        try:
+            loss, grad, bad = self.backend.softmax_cross_entropy(
+                logits, labels, self.ignore_index, self.reduction, need_grad=need)
+        except IndexError as e:
+            raise LabelError(str(e)) from None
+        self.grad, self.bad = grad, bad
+        return loss
+
+    def backward(self, gy):
+        g = self.grad
+        if self.unit_grad:
+            return g, None
+        if self.reduction == "none":
+            return g * gy[:, None], None
+        return g * gy, None
+
+
+def _label_error(n_classes, ignore_index):
+    def make():
+        return LabelError(f"cross_entropy: a label lies outside [0, {n_classes}) (and is not "
+                          f"ignore_index={ignore_index})")
+    return make
+
+
+def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=None):
+    """Softmax cross-entropy of logits ``input`` (N, C) against ``target``.
+
+    ``target`` is either (N,) integer class labels in [0, C) (``ignore_index`` rows are skipped
+    and leave the mean's count; an all-ignored batch gives 0) or (N, C) class probabilities
+    (e.g. one-hot). Uses the fused, stable softmax-cross-entropy kernel for labels.
+    """
+    _check_reduction(reduction, "cross_entropy")
+    input = _float_input(input, "cross_entropy")
+    target = target if isinstance(target, Tensor) else as_tensor(target, like=None)
+    if target._backend is not input._backend:
+        from .errors import DeviceError
+
+        raise DeviceError(f"cross_entropy: logits are on {input.device} but target is on {target.device}")
+    if input.ndim == 1:
+        input = input.reshape(1, -1)
+        target = target.reshape(1, *target.shape[1:]) if target.ndim == 1 and target.data.dtype.kind == "f" \
+            else target.reshape(1)
+    if input.ndim != 2:
+        raise ShapeError(f"cross_entropy: expected logits of shape (N, C), got {input.shape}")
+    n, c = input.shape
+    if n == 0:
+        raise ShapeError("cross_entropy: empty batch (N = 0)")
+    kind = target.data.dtype.kind
+    if kind == "f" and target.shape == input.shape:
+        if target.dtype != input.dtype:
+            raise DTypeError(f"cross_entropy: probability target dtype {target.dtype} differs from "
+                             f"logits dtype {input.dtype}")
+        el = -_sum(log_softmax(input, axis=1) * target, axis=1)
+        if reduction == "mean":
+            return mean(el)
+        return _sum(el) if reduction == "sum" else el
+    if kind not in "iu":
+        raise LabelError(f"cross_entropy: class labels must be an integer tensor of shape ({n},), "
+                         f"got dtype {target.dtype} and shape {target.shape} (for one-hot or "
+                         f"probability targets pass a float tensor of shape {input.shape})")
+    if target.shape != (n,):
+        raise ShapeError(f"cross_entropy: labels of shape {target.shape} do not match logits of "
+                         f"shape {input.shape} (expected ({n},))")
+    fn = SoftmaxCrossEntropy(int(ignore_index), reduction)
+    out = fn.apply(input, target)
+    if fn.bad is not None:
+        _defer_check(out, fn.bad, _label_error(c, ignore_index))
+    return out
+
+
+def nll_loss(input, target, reduction="mean", ignore_index=-100):
+    """Negative log-likelihood of log-probabilities ``input`` (N, C) at integer ``target``."""
+    _check_reduction(reduction, "nll_loss")
+    n, c = input.shape
+    t = target.data
+    xp = input._backend.xp
+    valid = t != ignore_index
+    if input._backend.name == "numpy" and bool(((t < 0) | (t >= c))[valid].any()):
+        raise LabelError(f"nll_loss: a label lies outside [0, {c})")
+    safe = xp.where(valid, t, 0)
+    picked = input[xp.arange(n), safe]
+    w = _wrap(valid.astype(input.dtype), input._backend)
+    el = -(picked * w)
+    if reduction == "none":
+        return el
+    if reduction == "sum":
+        return _sum(el)
+    count = valid.sum()
+    return _sum(el) / _wrap(xp.maximum(count, 1).astype(input.dtype), input._backend)

@@ -1,0 +1,220 @@
+"""Layers: Linear, activations, Dropout, Sequential, Flatten."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+from .. import _config
+from .. import functional as F
+from ..errors import ShapeError
+from . import init
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """Applies y = x W^T + b.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: learn an additive bias (default True).
+
+    Shape:
+        input (*, in_features) -> output (*, out_features).
+
+    Attributes:
+        weight: (out_features, in_features), initialized from U(-1/sqrt(in), 1/sqrt(in)) as in
+            PyTorch (kaiming_uniform with a = sqrt(5)).
+        bias: (out_features,), from the same distribution.
+
+    Example:
+        >>> layer = nnx.nn.Linear(2, 3)
+        >>> layer(nnx.tensor([[1., 2.]])).shape
+        (1, 3)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear: in_features and out_features must be >= 1, got "
+                             f"{in_features} and {out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        b = _config.backend_for(device)
+        dt = _config.to_dtype(dtype) or _config.get_default_dtype()
+        from ..tensor import _wrap
+
+        self.weight = Parameter(_wrap(b.xp.empty((self.out_features, self.in_features), dtype=dt), b))
+        self.bias = Parameter(_wrap(b.xp.empty((self.out_features,), dtype=dt), b)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            init.uniform_(self.bias, -bound, bound)
+
+    def _check_input(self, x):
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"Linear({self.in_features} -> {self.out_features}) got input of "
+                             f"shape {tuple(x.shape)} (expected (*, {self.in_features}))")
+
+    def forward(self, x, activation="linear", negative_slope=0.01):
+        self._check_input(x)
+        return F.linear(x, self.weight, self.bias, activation, negative_slope)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Sigmoid(Module):
+    """Element-wise 1 / (1 + exp(-x)), stable in both tails."""
+
+    fused_activation = "sigmoid"
+
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    fused_activation = "tanh"
+
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class ReLU(Module):
+    """Element-wise max(x, 0)."""
+
+    fused_activation = "relu"
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    """x for x >= 0, ``negative_slope * x`` otherwise."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    @property
+    def fused_activation(self):
+        return "leaky_relu" if self.negative_slope > 0 else None
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Softmax(Module):
+    def __init__(self, axis=-1, *, dim=None):
+        super().__init__()
+        self.axis = dim if dim is not None else axis
+
+    def forward(self, x):
+        return F.softmax(x, axis=self.axis)
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class LogSoftmax(Module):
+    def __init__(self, axis=-1, *, dim=None):
+        super().__init__()
+        self.axis = dim if dim is not None else axis
+
+    def forward(self, x):
+        return F.log_softmax(x, axis=self.axis)
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Dropout(Module):
+    """Zeroes elements with probability ``p`` in training mode (scaling the rest by 1/(1-p))."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim, self.end_dim)
+
+
+class Sequential(Module):
+    """A chain of modules applied in order; indexable like a list.
+
+    A ``Linear`` directly followed by a ``Sigmoid``, ``ReLU``, ``Tanh`` or ``LeakyReLU`` runs as
+    one graph node (matmul, then one fused bias+activation pass); the results are the same.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1), nn.Sigmoid())
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.items())
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(mods[idx]))
+        if not -len(mods) <= idx < len(mods):
+            raise IndexError(f"Sequential index {idx} out of range for {len(mods)} modules")
+        return mods[idx][1]
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def forward(self, x):
+        mods = list(self._modules.values())
+        i, n = 0, len(mods)
+        while i < n:
+            m = mods[i]
+            if type(m) is Linear and i + 1 < n:
+                act = getattr(mods[i + 1], "fused_activation", None)
+                if act is not None and type(mods[i + 1]) in _FUSABLE_TYPES:
+                    slope = getattr(mods[i + 1], "negative_slope", 0.01)
+                    x = m.forward(x, act, slope)
+                    i += 2
+                    continue
+            x = m(x)
+            i += 1
+        return x
+
+
+_FUSABLE_TYPES = (Sigmoid, ReLU, Tanh, LeakyReLU)

@@ -1,0 +1,411 @@
+"""``Tensor``: a backend array with a device, a dtype and a place in the autograd graph."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+import backends
+from . import _config, autograd
+from .errors import DTypeError, NNXError
+
+
+class Tensor:
+    """An n-dimensional array on one device, optionally recording operations for autograd.
+
+    Attributes:
+        data: the backend array (``numpy.ndarray`` on the CPU, ``cupy.ndarray`` on CUDA).
+        requires_grad: whether ops on this tensor are recorded for ``backward()``.
+        grad: the accumulated gradient (a Tensor of the same shape and dtype), or None.
+        creator: the Function that produced this tensor (None for leaves).
+    """
+
+    __slots__ = ("data", "_backend", "requires_grad", "creator", "_grad", "_grad_owned",
+                 "_gbuf", "_flat", "_checks", "__weakref__")
+    __array_priority__ = 1000  # NumPy defers to Tensor's reflected operators
+
+    def __init__(self, data, dtype=None, device=None, requires_grad=False):
+        t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+        self.data = t.data
+        self._backend = t._backend
+        self.requires_grad = t.requires_grad
+        self.creator = None
+        self._grad = None
+        self._grad_owned = False
+        self._gbuf = None
+        self._flat = None
+        self._checks = None
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self) -> str:
+        return self._backend.device
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def size_(self):  # pragma: no cover - alias kept private
+        return self.shape
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.creator is None
+
+    @property
+    def grad_fn(self):
+        return self.creator
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    # ------------------------------------------------------------------ gradients
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is None:
+            self._grad = None
+            return
+        if not isinstance(value, Tensor):
+            value = tensor(value, dtype=self.dtype, device=self.device)
+        if value.shape != self.shape:
+            raise ValueError(f"assigned grad of shape {value.shape} to a tensor of shape {self.shape}")
+        if value._backend is not self._backend:
+            raise ValueError(f"assigned grad on {value.device} to a tensor on {self.device}")
+        if self._gbuf is not None:
+            self._gbuf[...] = value.data
+            self._grad = _wrap(self._gbuf, self._backend)
+            self._grad_owned = True
+        else:
+            self._grad = value
+            self._grad_owned = False
+
+    def _accumulate(self, g):
+        """Add the gradient array ``g`` to ``.grad`` (in place once we own the storage)."""
+        grad = self._grad
+        if grad is None:
+            buf = self._gbuf
+            if buf is not None:
+                if g is not buf:
+                    buf[...] = g
+                self._grad = _wrap(buf, self._backend)
+                self._grad_owned = True
+            else:
+                if g.dtype != self.data.dtype:
+                    g = g.astype(self.data.dtype)
+                if not g.flags.c_contiguous:
+                    g = self._backend.xp.ascontiguousarray(g)
+                self._grad = _wrap(g, self._backend)
+                self._grad_owned = False
+        elif self._grad_owned:
+            grad.data += g
+        else:
+            grad.data = grad.data + g
+            self._grad_owned = True
+
+    def _fresh_grad_buffer(self):
+        """The preallocated gradient buffer when ``.grad`` is unset, so a backward can write
+        into it with ``out=``; marks the gradient as set. None when there is no such buffer."""
+        buf = self._gbuf
+        if buf is None or self._grad is not None or self.creator is not None:
+            return None
+        self._grad = _wrap(buf, self._backend)
+        self._grad_owned = True
+        return buf
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Compute the gradient of this tensor w.r.t. graph leaves (accumulated into ``.grad``)."""
+        autograd.backward(self, gradient, retain_graph=retain_graph)
+
+    def detach(self):
+        """A new tensor sharing this data, cut from the graph."""
+        return _wrap(self.data, self._backend)
+
+    def detach_(self):
+        self.creator = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise DTypeError(f"only floating tensors can require grad, got dtype {self.dtype}")
+        self.requires_grad = requires_grad
+        return self
+
+    def zero_(self):
+        self.data[...] = 0
+        return self
+
+    # ------------------------------------------------------------------ host access
+    def _run_checks(self):
+        checks = self._checks
+        if checks:
+            self._checks = None
+            for flag, make_error in checks:
+                if bool(self._backend.to_host(flag)):
+                    raise make_error()
+
+    def numpy(self) -> np.ndarray:
+        """The values as a host NumPy array (a device-to-host copy on CUDA)."""
+        self._run_checks()
+        return self._backend.to_host(self.data)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number (a host sync on CUDA)."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): only one-element tensors can be converted, got shape {self.shape}")
+        self._run_checks()
+        return self._backend.to_host(self.data).reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.data.dtype.kind not in "iu":
+            raise TypeError("only integer tensors can be used as an index")
+        return int(self.item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
+                             f"ambiguous; use .any() or .all()")
+        return bool(self.item())
+
+    def __array__(self, dtype=None, copy=None):
+        if self._backend.name != "numpy":
+            raise TypeError(f"cannot convert a tensor on {self.device} to a NumPy array implicitly; "
+                            f"call .numpy() (it copies to the host)")
+        a = self.data
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        body = np.array2string(self._backend.to_host(self.data), separator=", ", precision=4,
+                               prefix="tensor(")
+        extra = ""
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
+        if self.dtype != _config.get_default_dtype() and self.dtype != np.int64:
+            extra += f", dtype={self.dtype}"
+        if self.creator is not None:
+            extra += f", grad_fn=<{self.creator.name}>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------------ moving data
+    def to(self, device=None, dtype=None, non_blocking=False):
+        """This tensor on ``device`` and/or with ``dtype`` (self when nothing changes).
+
+        Differentiable: gradients flow back to the original device and dtype.
+        """
+        if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype_name(device)):
+            device, dtype = None, device
+        from .ops import to_device
+
+        return to_device(self, device, dtype)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0):
+        return self.to(f"cuda:{index}")
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+    def long(self):
+        return self.to(dtype=np.int64)
+
+    def int(self):
+        return self.to(dtype=np.int32)
+
+    def type(self, dtype):
+        return self.to(dtype=dtype)
+
+    def astype(self, dtype):
+        return self.to(dtype=dtype)
+
+    def clone(self):
+        from .ops import clone
+
+        return clone(self)
+
+    def copy_(self, src):
+        """Copy ``src``'s values into this tensor in place (no graph)."""
+        src_data = src.data if isinstance(src, Tensor) else src
+        if getattr(src, "_backend", self._backend) is not self._backend:
+            src_data = self._backend.asarray(src.numpy())
+        self.data[...] = src_data
+        return self
+
+
+def _is_dtype_name(s: str) -> bool:
+    try:
+        return np.dtype(s).kind in "fiub"
+    except TypeError:
+        return False
+
+
+def _wrap(array, backend, requires_grad=False):
+    """A Tensor around a backend array (no copy, no checks): the hot path's constructor."""
+    t = Tensor.__new__(Tensor)
+    t.data = array
+    t._backend = backend
+    t.requires_grad = requires_grad
+    t.creator = None
+    t._grad = None
+    t._grad_owned = False
+    t._gbuf = None
+    t._flat = None
+    t._checks = None
+    return t
+
+
+autograd._new_tensor = _wrap
+
+
+def _infer_dtype(data, dtype):
+    """The dtype nnx gives ``data``: float data -> default dtype, integer stays integer."""
+    if dtype is not None:
+        return _config.to_dtype(dtype)
+    dt = getattr(data, "dtype", None)
+    if dt is not None:
+        dt = np.dtype(dt)
+        if dt.kind == "f":
+            # float16/float32 arrays keep their precision; float64 (NumPy's default, which the
+            # user rarely chose) becomes the default dtype, like Python floats.
+            return dt if dt.itemsize < 8 else _config.get_default_dtype()
+        if dt.kind in "iub":
+            return dt
+        if dt.kind == "c":
+            raise DTypeError(f"complex data ({dt}) is not supported")
+        raise DTypeError(f"cannot make a tensor from an array of dtype {dt} (object or string "
+                         f"arrays are not numeric)")
+    return None
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """Create a tensor from ``data`` (a list, a scalar, a NumPy or CuPy array, or a Tensor).
+
+    Floating data defaults to the default dtype (float32, see ``nnx.set_default_dtype``);
+    float16/float32 arrays keep their dtype; integer data stays integer (int64 for Python ints),
+    booleans stay bool. ``dtype`` takes a NumPy dtype or its name. The data is copied.
+
+    Example:
+        >>> x = nnx.tensor([[0., 0.], [0., 1.]])
+        >>> x.dtype
+        dtype('float32')
+    """
+    b = _config.backend_for(device)
+    if isinstance(data, Tensor):
+        src = data.data
+        if data._backend is not b:
+            src = data.numpy() if b.name == "numpy" else b.asarray(data.numpy())
+        dt = _config.to_dtype(dtype) or data.dtype
+        arr = b.xp.array(src, dtype=dt, copy=True)
+    else:
+        if isinstance(data, (list, tuple)) and any(isinstance(e, Tensor) for e in _flatten_first(data)):
+            data = [e.numpy() if isinstance(e, Tensor) else e for e in data]
+        dt = _infer_dtype(data, dtype)
+        if dt is None:
+            try:
+                host = np.asarray(data)
+            except ValueError as e:
+                raise ValueError(f"tensor(): could not make an array from the data: {e}") from None
+            if host.dtype.kind == "f":
+                dt = _config.get_default_dtype()
+            elif host.dtype.kind in "iub":
+                dt = host.dtype
+            else:
+                raise DTypeError(f"tensor(): data of dtype {host.dtype} is not numeric "
+                                 f"(got {type(data).__name__})")
+            data = host
+        if b.name == "numpy":
+            arr = b.asarray(data)
+            arr = np.array(arr, dtype=dt, copy=True)
+        else:
+            arr = b.xp.array(data, dtype=dt)
+    t = _wrap(arr, b)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _flatten_first(data):
+    return data if isinstance(data, (list, tuple)) else ()
+
+
+def as_tensor(data, like: Tensor | None = None, dtype=None) -> Tensor:
+    """``data`` as a Tensor: Tensors pass through; arrays and numbers are converted onto
+    ``like``'s device (floating data takes ``like``'s floating dtype)."""
+    if isinstance(data, Tensor):
+        return data
+    if like is None:
+        return tensor(data, dtype=dtype)
+    b = like._backend
+    if dtype is None and like.dtype.kind == "f":
+        kind = getattr(getattr(data, "dtype", None), "kind", None)
+        if kind == "f" or isinstance(data, numbers.Real) and not isinstance(data, (bool, np.bool_)) \
+                and not isinstance(data, numbers.Integral):
+            dtype = like.dtype
+    if b.is_array(data):
+        arr = data if dtype is None else data.astype(dtype, copy=False)
+        return _wrap(arr, b)
+    if hasattr(data, "__cuda_array_interface__") and b.name == "numpy":
+        raise backends_mismatch(data, like)
+    return tensor(data, dtype=dtype, device=like.device)
+
+
+def backends_mismatch(data, like):
+    from .errors import DeviceError
+
+    return DeviceError(f"a CUDA array was combined with a tensor on {like.device}; move one of "
+                       f"them first")
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)
+
+
+__all__ = ["Tensor", "tensor", "as_tensor", "is_tensor", "NNXError"]
