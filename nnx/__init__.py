@@ -22,6 +22,11 @@ from .ops import (abs, add, amax, arange, argmax, argmin, clamp, clip, clone, di
                   reshape, sqrt, squeeze, sub, sum, tanh, transpose, unsqueeze, zeros, zeros_like)
 from . import functional
 from .functional import relu, sigmoid, softmax, log_softmax, leaky_relu
+
+# NOTE: the activations are Tensor methods too (``x.sigmoid()``, ``x.softmax(axis=1)``), like
+# every other op, and as in PyTorch; bound here because ops.py cannot import functional.py.
+Tensor.sigmoid, Tensor.relu, Tensor.leaky_relu = sigmoid, relu, leaky_relu
+Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
 from . import nn, optim
 from .serialization import load, save
 
