@@ -78,15 +78,12 @@ class NumpyBackend(Backend):
         if out is None:
             out = np.empty_like(x)
         neg = x < 0  # before writing: out may be x itself
-        with np.errstate(over="ignore"):
-            e = np.abs(x)
-            np.negative(e, out=e)
-            np.exp(e, out=e)  # e = exp(-|x|) in (0, 1]: never overflows
-            np.add(e, 1.0, out=out)
-            np.reciprocal(out, out=out)  # 1 / (1 + e): the x >= 0 branch
-            if neg.any():
-                np.multiply(e, out, out=e)  # e / (1 + e): the x < 0 branch, exact in the tail
-                np.copyto(out, e, where=neg)
+        e = np.abs(x)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # e = exp(-|x|) in (0, 1]: never overflows
+        np.add(e, 1.0, out=out)
+        np.reciprocal(out, out=out)  # 1 / (1 + e): the x >= 0 branch
+        np.multiply(e, out, out=out, where=neg)  # e / (1 + e): the x < 0 branch, exact in the tail
         return out
 
     def sigmoid_bwd(self, y, gy, out=None):

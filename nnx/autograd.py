@@ -69,11 +69,8 @@ class Function:
 
     def release(self) -> None:
         """Free what this node saved; a second backward through it then raises."""
-        self.inputs = None
+        self.__dict__.clear()
         self.released = True
-        d = self.__dict__
-        for k in [k for k in d if k not in ("backend", "xp", "released", "inputs")]:
-            del d[k]
 
 
 def _device_mismatch(fn, inputs):

@@ -238,30 +238,44 @@ class Linear(Function):
         return gx, gw, gb
 
 
-def linear(x, weight, bias=None, activation="linear", negative_slope=0.01):
+def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer=None):
     """y = x @ weight.T + bias, optionally followed by a fused activation.
 
     Shape:
         x: (*, in_features); weight: (out_features, in_features); bias: (out_features,);
         y: (*, out_features).
     """
-    x = _float_input(x, "linear")
-    if weight.ndim != 2:
-        raise ShapeError(f"linear: weight must be 2-D (out_features, in_features), got {weight.shape}")
-    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
-        raise ShapeError(f"linear: input of shape {x.shape} does not fit weight of shape "
-                         f"{weight.shape} (expected last dimension {weight.shape[1]})")
-    if x.dtype != weight.dtype:
-        raise DTypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}; "
-                         f"convert the input with .to(dtype=...) or the model with .float()/.double()")
     if activation not in _FUSABLE or (activation == "leaky_relu" and negative_slope <= 0):
         raise ValueError(f"linear: activation {activation!r} cannot be fused")
-    fn = Linear(activation, float(negative_slope))
-    if x.ndim == 1:
+    xd = x.data if isinstance(x, Tensor) else None
+    wd = weight.data
+    if xd is None or xd.dtype != wd.dtype or xd.ndim == 0 or wd.ndim != 2 \
+            or xd.shape[-1] != wd.shape[1]:
+        x = _linear_input(x, weight, layer)
+        xd = x.data
+    fn = Linear(activation, negative_slope)
+    if xd.ndim == 1:
         return fn.apply(x.reshape(1, -1), weight, *(() if bias is None else (bias,))).reshape(-1)
     if bias is None:
         return fn.apply(x, weight)
     return fn.apply(x, weight, bias)
+
+
+def _linear_input(x, weight, layer):
+    """The slow path of ``linear``: convert the input, or raise a clear error."""
+    name = layer or "linear"
+    x = _float_input(x, name)
+    if weight.ndim != 2:
+        raise ShapeError(f"{name}: weight must be 2-D (out_features, in_features), got {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        if layer is not None:
+            raise ShapeError(f"{layer} got input of shape {x.shape} (expected (*, {weight.shape[1]}))")
+        raise ShapeError(f"linear: input of shape {x.shape} does not fit weight of shape "
+                         f"{weight.shape} (expected last dimension {weight.shape[1]})")
+    if x.dtype != weight.dtype:
+        raise DTypeError(f"{name}: input dtype {x.dtype} differs from weight dtype {weight.dtype}; "
+                         f"convert the input with .to(dtype=...) or the model with .float()/.double()")
+    return x
 
 
 # ---------------------------------------------------------------------- losses
@@ -345,6 +359,14 @@ def mse_loss(input, target, reduction="mean"):
     return MSELoss(reduction).apply(input, target)
 
 
+def _clamped_log(xp, a, out=None):
+    """max(log(a), -100) without ever evaluating log(0): PyTorch's BCE clamp."""
+    tiny = float(np.finfo(a.dtype).smallest_subnormal)  # log(tiny) < -100 in every float dtype
+    out = xp.maximum(a, tiny, out=out)
+    xp.log(out, out=out)
+    return xp.maximum(out, -100.0, out=out)
+
+
 class BCELoss(Function):
     """Binary cross-entropy on probabilities, with PyTorch's numerics: each log is clamped at
     -100 and the gradient's denominator at 1e-12, so p = 0 or 1 never gives inf or NaN."""
@@ -354,54 +376,64 @@ class BCELoss(Function):
 
     def forward(self, p, t):
         xp = self.xp
-        with np.errstate(divide="ignore"):
-            logp = xp.maximum(xp.log(p), -100.0)
-            log1mp = xp.maximum(xp.log(1.0 - p), -100.0)
-        el = -(t * logp + (1.0 - t) * log1mp)
+        logp = _clamped_log(xp, p)
+        log1mp = _clamped_log(xp, 1.0 - p)
+        # -(t log p + (1 - t) log(1 - p)) = -(t (log p - log(1 - p)) + log(1 - p))
+        logp -= log1mp
+        logp *= t
+        logp += log1mp
         self.p, self.t = p, t
-        return _reduce(el, self.reduction, p.size)
+        if self.reduction == "none":
+            return xp.negative(logp, out=logp)
+        s = logp.sum()
+        return -s * (1.0 / p.size) if self.reduction == "mean" else -s
 
     def backward(self, gy):
         p, t = self.p, self.t
         xp = self.xp
-        g = (p - t) / xp.maximum(p * (1.0 - p), 1e-12)
-        if self.reduction == "mean":
-            g *= 1.0 / max(p.size, 1)
-        if not self.unit_grad:
-            g *= gy
-        gt = None
-        if self.needs_input_grad[1]:
-            with np.errstate(divide="ignore"):
-                gt = (xp.maximum(xp.log(1.0 - p), -100.0) - xp.maximum(xp.log(p), -100.0))
-            if self.reduction == "mean":
-                gt *= 1.0 / max(p.size, 1)
-            gt = gt * gy
-        return (g if self.needs_input_grad[0] else None, gt)
+        need = self.needs_input_grad
+        scale = 1.0 / p.size if self.reduction == "mean" else 1.0
+        g = gt = None
+        if need[0]:
+            den = 1.0 - p
+            den *= p
+            xp.maximum(den, 1e-12, out=den)
+            g = p - t
+            g /= den
+            if scale != 1.0:
+                g *= scale
+            if not self.unit_grad:
+                g *= gy
+        if need[1]:
+            gt = _clamped_log(xp, 1.0 - p) - _clamped_log(xp, p)
+            gt *= scale
+            gt *= gy
+        return g, gt
 
 
 def binary_cross_entropy(input, target, reduction="mean"):
-    """-(t log p + (1 - t) log(1 - p)) on probabilities ``input`` in [0, 1]."""
+    """-(t log p + (1 - t) log(1 - p)) on probabilities ``input`` in [0, 1].
+
+    Each log is clamped at -100 as in PyTorch. An input outside [0, 1] raises ValueError (on a
+    GPU at the next host read of the loss, so the step itself never waits).
+    """
     _check_reduction(reduction, "binary_cross_entropy")
     input = _float_input(input, "binary_cross_entropy")
     target = _loss_target(input, target, "binary_cross_entropy")
-    xp = input._backend.xp
     p = input.data
-    bad = xp.any((p < 0) | (p > 1) | xp.isnan(p))
+    lo, hi = p.min(), p.max()
 
     def err():
-        return ValueError(f"binary_cross_entropy: input must hold probabilities in [0, 1] "
-                          f"(got min {float(p.min()):.4g}, max {float(p.max()):.4g}); for raw "
-                          f"scores use binary_cross_entropy_with_logits")
+        return ValueError(f"binary_cross_entropy: input must hold probabilities in [0, 1], got "
+                          f"values in [{float(lo):.4g}, {float(hi):.4g}]; for raw scores use "
+                          f"binary_cross_entropy_with_logits (BCEWithLogitsLoss)")
 
-    t = target.data
-    bad_t = xp.any((t < 0) | (t > 1))
-
-    def err_t():
-        return ValueError("binary_cross_entropy: target must hold values in [0, 1]")
-
+    if input._backend.name == "numpy":
+        if lo < 0 or hi > 1:
+            raise err()
+        return BCELoss(reduction).apply(input, target)
     out = BCELoss(reduction).apply(input, target)
-    _defer_check(out, bad, err)
-    _defer_check(out, bad_t, err_t)
+    _defer_check(out, (lo < 0) | (hi > 1), err)
     return out
 
 

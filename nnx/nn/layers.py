@@ -6,7 +6,6 @@ from collections import OrderedDict
 
 from .. import _config
 from .. import functional as F
-from ..errors import ShapeError
 from . import init
 from .module import Module, Parameter
 
@@ -53,14 +52,10 @@ class Linear(Module):
             bound = 1.0 / math.sqrt(self.in_features)
             init.uniform_(self.bias, -bound, bound)
 
-    def _check_input(self, x):
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ShapeError(f"Linear({self.in_features} -> {self.out_features}) got input of "
-                             f"shape {tuple(x.shape)} (expected (*, {self.in_features}))")
-
     def forward(self, x, activation="linear", negative_slope=0.01):
-        self._check_input(x)
-        return F.linear(x, self.weight, self.bias, activation, negative_slope)
+        p = self._parameters
+        return F.linear(x, p["weight"], p["bias"], activation, negative_slope,
+                        f"Linear({self.in_features} -> {self.out_features})")
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -200,20 +195,32 @@ class Sequential(Module):
         self.add_module(str(len(self._modules)), module)
         return self
 
-    def forward(self, x):
+    def _plan(self):
+        """[(module, activation, negative_slope)]: a Linear followed by a fusable activation
+        becomes one entry. Rebuilt whenever the children change."""
+        plan = self.__dict__.get("_fusion_plan")
+        if plan is not None:
+            return plan
         mods = list(self._modules.values())
-        i, n = 0, len(mods)
-        while i < n:
+        plan, i = [], 0
+        while i < len(mods):
             m = mods[i]
-            if type(m) is Linear and i + 1 < n:
-                act = getattr(mods[i + 1], "fused_activation", None)
-                if act is not None and type(mods[i + 1]) in _FUSABLE_TYPES:
-                    slope = getattr(mods[i + 1], "negative_slope", 0.01)
-                    x = m.forward(x, act, slope)
-                    i += 2
-                    continue
-            x = m(x)
-            i += 1
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if type(m) is Linear and type(nxt) in _FUSABLE_TYPES and nxt.fused_activation:
+                plan.append((m, nxt))
+                i += 2
+            else:
+                plan.append((m, None))
+                i += 1
+        object.__setattr__(self, "_fusion_plan", plan)
+        return plan
+
+    def forward(self, x):
+        for m, act in self._plan():
+            if act is None:
+                x = m(x)
+            else:
+                x = m.forward(x, act.fused_activation, getattr(act, "negative_slope", 0.01))
         return x
 
 

@@ -69,6 +69,7 @@ class Module:
         elif isinstance(value, Module):
             params.pop(name, None)
             self._modules[name] = value
+            self.__dict__.pop("_fusion_plan", None)
         elif name in params and value is None:
             params[name] = None
         else:
@@ -91,6 +92,7 @@ class Module:
             del self._parameters[name]
         elif name in self._modules:
             del self._modules[name]
+            self.__dict__.pop("_fusion_plan", None)
         else:
             object.__delattr__(self, name)
 
@@ -103,6 +105,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module")
         self._modules[str(name)] = module
+        self.__dict__.pop("_fusion_plan", None)
 
     register_module = add_module
 
