@@ -29,6 +29,7 @@ Tensor.sigmoid, Tensor.relu, Tensor.leaky_relu = sigmoid, relu, leaky_relu
 Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
 from . import nn, optim
 from .serialization import load, save
+from . import data, datasets
 
 float16, float32, float64 = "float16", "float32", "float64"
 int32, int64, bool_ = "int32", "int64", "bool"
