@@ -304,6 +304,9 @@ class MatMul(Function):
     def backward(self, gy):
         a, b = self.a, self.b
         xp = self.xp
+        if a.ndim == 1 and b.ndim == 1:  # inner product: gy is 0-d
+            n = self.needs_input_grad
+            return (gy * b if n[0] else None, gy * a if n[1] else None)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g = gy
