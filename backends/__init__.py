@@ -12,7 +12,7 @@ from .base import ACTIVATIONS, Backend
 from .numpy_backend import NumpyBackend
 
 __all__ = ["ACTIVATIONS", "Backend", "NumpyBackend", "CudaUnavailableError", "get_backend",
-           "backend_of", "parse_device", "cuda_status", "cuda_available", "all_backends"]
+           "backend_of", "parse_device", "register_backend", "register_strict", "cuda_status", "cuda_available", "all_backends"]
 
 
 class CudaUnavailableError(RuntimeError):
@@ -52,7 +52,7 @@ def parse_device(spec) -> str:
             return parse_device(inner)
         raise TypeError(f"device must be a string like 'cpu', 'cuda', 'cuda:0' or 'auto', got {spec!r}")
     s = spec.strip().lower()
-    if s in ("cpu", "auto"):
+    if s in ("cpu", "auto") or s in _backends:
         return s
     if s in ("cuda", "gpu"):
         return "cuda:0"
@@ -103,6 +103,21 @@ def backend_of(array) -> Backend:
     if hasattr(array, "__cuda_array_interface__") and dev is not None and hasattr(dev, "id"):
         return get_backend(f"cuda:{dev.id}")
     return _CPU
+
+
+def register_backend(device: str, backend: Backend) -> Backend:
+    """Make ``backend`` reachable as ``device`` (used for the strict test backend)."""
+    _backends[device] = backend
+    return backend
+
+
+def register_strict() -> Backend:
+    """Register the strict test backend as device ``"strict"`` (see ``strict_backend``)."""
+    if "strict" not in _backends:
+        from .strict_backend import StrictBackend
+
+        register_backend("strict", StrictBackend())
+    return _backends["strict"]
 
 
 def all_backends() -> list[str]:
