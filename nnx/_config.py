@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import warnings
 
 import numpy as np
 
 import backends
-from .errors import DeviceError
+from .errors import DeviceError, OutOfMemoryError
 
 
 class _State(threading.local):
@@ -110,18 +111,55 @@ def device(spec):
 def backend_for(device=None):
     """The backend of ``device`` (default: the current default device)."""
     if device is None:
-        return backends.get_backend(get_device())
-    try:
-        return backends.get_backend(device)
-    except ValueError:
-        return backends.get_backend(resolve_device(device))
-    except backends.CudaUnavailableError as e:
-        raise DeviceError(str(e)) from None
+        b = backends.get_backend(get_device())
+    else:
+        try:
+            b = backends.get_backend(device)
+        except ValueError:
+            b = backends.get_backend(resolve_device(device))
+        except backends.CudaUnavailableError as e:
+            raise DeviceError(str(e)) from None
+    if _seeded and id(b) not in _seeded_backends:  # a device first used after manual_seed
+        _seeded_backends.add(id(b))
+        b.seed(_seeded[-1])
+    return b
 
 
 def cuda_available() -> bool:
     """True when a CUDA device is usable through CuPy."""
     return backends.cuda_available()
+
+
+# ---------------------------------------------------------------- out of memory
+_OOM_SIZE = re.compile(r"allocating ([\d,]+) bytes")
+_OOM_TOTAL = re.compile(r"allocated so far: ([\d,]+) bytes")
+
+
+def _nbytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+def out_of_memory(exc, backend, where: str):
+    """An ``nnx.OutOfMemoryError`` for ``exc`` if it is ``backend``'s out-of-memory error, else
+    None (the caller re-raises ``exc`` unchanged). ``where`` names the op or buffer.
+
+    CuPy's pool error carries the sizes only in its message ("Out of memory allocating 1,024
+    bytes (allocated so far: ...)"), so they are read back from there.
+    """
+    if isinstance(exc, OutOfMemoryError) or not isinstance(exc, backend.oom_errors):
+        return None
+    msg = str(exc)
+    m, t = _OOM_SIZE.search(msg), _OOM_TOTAL.search(msg)
+    size = int(m.group(1).replace(",", "")) if m else None
+    asked = f"tried to allocate {_nbytes(size)}" if size is not None else f"allocation failed ({msg})"
+    held = f"; {_nbytes(int(t.group(1).replace(',', '')))} already allocated" if t else ""
+    err = OutOfMemoryError(f"out of memory on {backend.device} in {where}: {asked}{held}. Lower the "
+                           f"batch size (or the model size), or free tensors you no longer need")
+    err.requested_bytes, err.device = size, backend.device
+    return err
 
 
 # ---------------------------------------------------------------- grad mode
@@ -181,15 +219,16 @@ def is_anomaly_enabled() -> bool:
 def manual_seed(seed: int) -> None:
     """Seed every backend's generator: initialization, shuffling and dropout repeat exactly."""
     seed = int(seed)
-    backends.get_backend("cpu").seed(seed)
-    for dev, b in list(backends._backends.items()):
-        if dev != "cpu":
-            b.seed(seed)
+    _seeded_backends.clear()
+    for b in list(backends._backends.values()):
+        b.seed(seed)
+        _seeded_backends.add(id(b))
     _seeded.append(seed)
     del _seeded[:-1]
 
 
 _seeded: list[int] = []
+_seeded_backends: set = set()
 
 
 def last_seed():
