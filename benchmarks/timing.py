@@ -1,0 +1,251 @@
+"""Interleaved timing with load accounting.
+
+Contenders run in blocks of ``k`` steps, interleaved A B C, C B A, A B C ... within rounds; a
+round's blocks run within a fraction of a second of each other, so they see the same phase of
+the (shared, noisy) host and the *ratio* of two contenders' block times within a round is far
+steadier than either time.  Reported figures are medians over rounds: of per-step times, and of
+the paired per-round ratios.
+
+Each block records the CPU load that was not ours while it ran:
+
+* ``other``: CPU-seconds per second spent by other processes in this machine (``/proc/stat``
+  busy time minus this process's CPU time, all threads, ``time.process_time``);
+* ``steal``: CPU-seconds per second the hypervisor gave to other guests (``/proc/stat`` steal).
+
+A round is *noisy* when a block saw more foreign load than the cores we did not ask for can
+absorb, or when a block ran far slower than that contender's median (a stall the counters did
+not see).  Noisy rounds are repeated (up to ``max_extra`` more rounds) and left out of the
+medians when enough quiet rounds remain; the result says how many were dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def n_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class LoadProbe:
+    """Cheap snapshots of machine-wide busy/steal time and of this process's CPU time."""
+
+    def __init__(self):
+        self._ok = os.path.exists("/proc/stat")
+
+    def _stat(self):
+        if not self._ok:
+            return 0.0, 0.0
+        fd = os.open("/proc/stat", os.O_RDONLY)
+        try:
+            line = os.read(fd, 256).split(b"\n", 1)[0]
+        finally:
+            os.close(fd)
+        v = [int(x) for x in line.split()[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        busy = v[0] + v[1] + v[2] + v[5] + v[6]
+        steal = v[7] if len(v) > 7 else 0
+        return busy / _HZ, steal / _HZ
+
+    def snap(self):
+        busy, steal = self._stat()
+        return time.perf_counter(), time.process_time(), busy, steal
+
+    @staticmethod
+    def delta(a, b) -> Dict[str, float]:
+        wall = max(b[0] - a[0], 1e-9)
+        own = b[1] - a[1]
+        other = max(0.0, (b[2] - a[2]) - own) / wall
+        steal = max(0.0, b[3] - a[3]) / wall
+        return {"wall": wall, "own": own / wall, "other": other, "steal": steal}
+
+    def sample(self, seconds: float = 0.25) -> Dict[str, float]:
+        """Foreign load over ``seconds`` of sleeping (so all busy time is someone else's)."""
+        a = self.snap()
+        time.sleep(seconds)
+        return self.delta(a, self.snap())
+
+
+def busy_threshold(threads: int, ncpu: Optional[int] = None) -> float:
+    """Foreign load (cores) above which a block at ``threads`` threads counts as noisy.
+
+    The cores we did not ask for can absorb foreign work; 0.25 core of slack on top (a
+    half-busy spare core does not disturb a 1-thread run; any foreign load does a full one).
+    """
+    ncpu = ncpu or n_cpus()
+    return max(0.0, ncpu - threads) * 0.8 + 0.25
+
+
+def wait_for_quiet(probe: LoadProbe, threads: int, max_wait_s: float,
+                   sample_s: float = 0.25) -> Dict[str, float]:
+    """Sample foreign load until it is under the threshold or ``max_wait_s`` has passed."""
+    thr = busy_threshold(threads)
+    t0 = time.perf_counter()
+    while True:
+        s = probe.sample(sample_s)
+        load = s["other"] + s["steal"]
+        waited = time.perf_counter() - t0
+        if load <= thr or waited >= max_wait_s:
+            return {"load": load, "other": s["other"], "steal": s["steal"], "waited_s": waited,
+                    "quiet": load <= thr, "threshold": thr}
+
+
+@dataclasses.dataclass
+class Entry:
+    """One timed thing: ``step`` is called ``k`` times per block, then ``sync`` once."""
+    label: str
+    step: Callable[[], None]
+    sync: Callable[[], None] = lambda: None
+    activate: Callable[[], None] = lambda: None
+    k: int = 1
+    est: float = 0.0  # estimated seconds per step (from the warm-up)
+
+
+def warm_up(e: Entry, min_steps: int = 2, seconds: float = 0.2, max_steps: int = 100000) -> float:
+    """Run ``e`` untimed (first calls compile, allocate, fill caches); return its s/step.
+
+    ``min_steps`` steps are run and synced first; the following steps (for about ``seconds``,
+    at least one) give the estimate of the steady-state step time.
+    """
+    e.activate()
+    for _ in range(min_steps):
+        e.step()
+    e.sync()
+    m, ta = 0, time.perf_counter()
+    while m < max_steps:
+        e.step()
+        m += 1
+        if time.perf_counter() - ta > seconds:
+            break
+    e.sync()
+    e.est = (time.perf_counter() - ta) / m
+    return e.est
+
+
+def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads: int = 1,
+               max_extra: Optional[int] = None, outlier: float = 1.6,
+               budget_s: Optional[float] = None, probe: Optional[LoadProbe] = None,
+               warmup_s: float = 0.2, warmup_min_steps: int = 2) -> Dict[str, object]:
+    """Time ``entries`` in interleaved rounds; return per-entry samples and summary medians.
+
+    Args:
+        rounds: quiet rounds wanted.
+        block_s: target seconds per block (sets each entry's ``k`` from its warm-up).
+        threads: the thread count in force (sets the noise threshold).
+        max_extra: extra rounds allowed to replace noisy ones (default: ``rounds``).
+        outlier: a block slower than ``outlier`` x its entry's running median marks its round
+            noisy.
+        budget_s: stop starting rounds after this many seconds (at least 3 rounds run).
+        warmup_s, warmup_min_steps: untimed warm-up per entry (see :func:`warm_up`).
+    """
+    probe = probe or LoadProbe()
+    max_extra = rounds if max_extra is None else max_extra
+    thr = busy_threshold(threads)
+    for e in entries:
+        warm_up(e, min_steps=warmup_min_steps, seconds=warmup_s)
+        e.k = max(1, int(round(block_s / max(e.est, 1e-9))))
+    samples: Dict[str, List[float]] = {e.label: [] for e in entries}
+    loads: List[Dict[str, float]] = []
+    noisy: List[bool] = []
+    t_start = time.perf_counter()
+    r = 0
+    while True:
+        n_quiet = noisy.count(False)
+        if n_quiet >= rounds or r >= rounds + max_extra:
+            break
+        if budget_s is not None and r >= 3 and time.perf_counter() - t_start > budget_s:
+            break
+        order = entries if r % 2 == 0 else entries[::-1]
+        round_load = {"other": 0.0, "steal": 0.0, "max": 0.0}
+        is_noisy = False
+        block_times = {}
+        for e in order:
+            e.activate()
+            a = probe.snap()
+            t0 = time.perf_counter()
+            step = e.step
+            for _ in range(e.k):
+                step()
+            e.sync()
+            t1 = time.perf_counter()
+            d = probe.delta(a, probe.snap())
+            block_times[e.label] = (t1 - t0) / e.k
+            load = d["other"] + d["steal"]
+            round_load["other"] = max(round_load["other"], d["other"])
+            round_load["steal"] = max(round_load["steal"], d["steal"])
+            round_load["max"] = max(round_load["max"], load)
+            if load > thr:
+                is_noisy = True
+        for e in entries:
+            prev = samples[e.label]
+            t = block_times[e.label]
+            if len(prev) >= 3 and t > outlier * statistics.median(prev):
+                is_noisy = True
+            prev.append(t)
+        loads.append(round_load)
+        noisy.append(is_noisy)
+        r += 1
+    return summarize(samples, noisy, loads, threads=threads, threshold=thr,
+                     ks={e.label: e.k for e in entries},
+                     elapsed=time.perf_counter() - t_start)
+
+
+def summarize(samples: Dict[str, List[float]], noisy: List[bool], loads, threads: int,
+              threshold: float, ks=None, elapsed: float = 0.0) -> Dict[str, object]:
+    n = len(noisy)
+    quiet_idx = [i for i in range(n) if not noisy[i]]
+    # use the quiet rounds when there are enough of them, else all rounds (and say so)
+    use = quiet_idx if len(quiet_idx) >= max(3, n // 3) else list(range(n))
+    per = {}
+    for label, ts in samples.items():
+        used = [ts[i] for i in use]
+        per[label] = {
+            "median_s": statistics.median(used),
+            "min_s": min(used),
+            "max_s": max(used),
+            "spread": (_quantile(used, 0.75) - _quantile(used, 0.25)) / statistics.median(used),
+            "steps_per_block": (ks or {}).get(label),
+            "samples_s": ts,
+        }
+    labels = list(samples)
+    ratios = {}
+    for a in labels:
+        for b in labels:
+            if a != b:
+                rs = [samples[a][i] / samples[b][i] for i in use]
+                ratios[f"{a}/{b}"] = {"median": statistics.median(rs), "min": min(rs),
+                                      "max": max(rs)}
+    used_loads = [loads[i]["max"] for i in use]
+    return {
+        "threads": threads,
+        "rounds": n,
+        "rounds_used": len(use),
+        "noisy_rounds": n - len(quiet_idx),
+        "used_noisy_rounds": len(use) != len(quiet_idx),
+        "noise_threshold_cores": threshold,
+        "load_median": statistics.median(used_loads) if used_loads else 0.0,
+        "load_max": max(l["max"] for l in loads) if loads else 0.0,
+        "round_loads": loads,
+        "round_noisy": noisy,
+        "elapsed_s": elapsed,
+        "per": per,
+        "ratios": ratios,
+    }
+
+
+def _quantile(xs: List[float], q: float) -> float:
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)

@@ -1,0 +1,125 @@
+"""The benchmark workloads: one full float32 training step each (forward, loss, backward, update).
+
+A workload is a small MLP, a loss, a batch size and an optimizer.  Every contender (the NumPy
+floor, nnx, PyTorch) is built from the same :class:`Workload`, the same initial parameters
+(:func:`init_params`, PyTorch ``state_dict`` keys and layouts) and the same batches
+(:func:`make_batches`), so their steps compute the same thing and their gradients can be compared.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    key: str                   # short id used on the command line: A, B, C, B-adam, C-adam
+    name: str                  # human name: xor, mnist-mlp, wide-mlp, ...
+    sizes: Tuple[int, ...]     # layer widths, input first: (784, 256, 256, 10)
+    hidden: str                # hidden activation: "relu" or "sigmoid"
+    loss: str                  # "ce" (softmax cross-entropy on logits) or "bce" (sigmoid output + BCE)
+    batch: int
+    optimizer: str             # "sgd" or "adam"
+    lr: float
+    momentum: float = 0.0
+    unit: str = "ms"           # how the table reports time per step: "us" or "ms"
+    bar_floor: Optional[float] = None   # nnx/floor must be <= this (issue 5)
+    bar_torch: Optional[float] = None   # nnx/torch must be <= this
+    bar_gemm_share: Optional[float] = None  # nnx GFLOP/s >= this share of the GEMM rate
+    bar_gpu_torch: Optional[float] = None   # nnx-cuda/torch-cuda must be <= this
+    n_batches: int = 4         # distinct batches cycled through (A has just the 4 XOR points)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def weights(self) -> int:
+        """Number of weight-matrix entries (biases excluded): the W in 6 x batch x W."""
+        return sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+
+    @property
+    def n_params(self) -> int:
+        return self.weights + sum(self.sizes[1:])
+
+    @property
+    def flops_per_step(self) -> int:
+        """Nominal training FLOPs per step: 6 x batch x weights (2 forward, 4 backward)."""
+        return 6 * self.batch * self.weights
+
+    def param_keys(self) -> List[str]:
+        """PyTorch ``nn.Sequential`` keys: Linear modules sit at even indices."""
+        keys = []
+        for i in range(self.n_layers):
+            keys += [f"{2 * i}.weight", f"{2 * i}.bias"]
+        return keys
+
+    def scaled(self, width: int, batch: Optional[int] = None) -> "Workload":
+        """A reduced copy: every hidden width (and a large input) capped at ``width``."""
+        sizes = tuple([min(self.sizes[0], width)] + [min(s, width) for s in self.sizes[1:-1]]
+                      + [self.sizes[-1]])
+        return dataclasses.replace(self, key=self.key + f"@{width}", sizes=sizes,
+                                   batch=batch or min(self.batch, 64))
+
+
+WORKLOADS: Dict[str, Workload] = {
+    w.key: w for w in [
+        Workload("A", "xor", (2, 2, 1), "sigmoid", "bce", 4, "sgd", 0.5, unit="us",
+                 bar_floor=2.0, bar_gpu_torch=1 / 3, n_batches=1),
+        Workload("B", "mnist-mlp", (784, 256, 256, 10), "relu", "ce", 128, "sgd", 0.01,
+                 bar_floor=1.10, bar_torch=1.0, bar_gpu_torch=1.0),
+        Workload("C", "wide-mlp", (1024, 4096, 4096, 10), "relu", "ce", 512, "sgd", 0.01,
+                 bar_floor=1.05, bar_gemm_share=0.90, bar_gpu_torch=1.0),
+        Workload("B-adam", "mnist-mlp-adam", (784, 256, 256, 10), "relu", "ce", 128, "adam", 1e-3),
+        Workload("C-adam", "wide-mlp-adam", (1024, 4096, 4096, 10), "relu", "ce", 512, "adam",
+                 1e-3),
+    ]
+}
+# Adam hyperparameters (PyTorch defaults), shared by every contender.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def get(key: str) -> Workload:
+    """Look a workload up by key (``B``), name (``mnist-mlp``) or a scaled key (``C@256``)."""
+    base, _, width = key.partition("@")
+    for w in WORKLOADS.values():
+        if base in (w.key, w.name):
+            return w.scaled(int(width)) if width else w
+    raise KeyError(f"unknown workload {key!r}; known: {', '.join(WORKLOADS)}")
+
+
+def init_params(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
+    """PyTorch's default Linear init, U(-1/sqrt(in), 1/sqrt(in)), as float32 host arrays."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (fan_in, fan_out) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
+        bound = 1.0 / np.sqrt(fan_in)
+        out[f"{2 * i}.weight"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
+        out[f"{2 * i}.bias"] = rng.uniform(-bound, bound, (fan_out,)).astype(np.float32)
+    return out
+
+
+def make_batches(w: Workload, seed: int = 1, n: Optional[int] = None):
+    """``n`` (default ``w.n_batches``) host batches ``(x, y)``.
+
+    ``x`` is (batch, in) float32.  For "ce", ``y`` is (batch,) int64 class indices; for "bce" it
+    is (batch, out) float32 in {0, 1}.  A (xor) is always the four XOR points.
+    """
+    n = n or w.n_batches
+    if w.name == "xor" and w.sizes[0] == 2 and w.batch == 4:
+        x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+        y = np.array([[0], [1], [1], [0]], np.float32)
+        return [(x, y)] * n
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((w.batch, w.sizes[0]), dtype=np.float32)
+        if w.loss == "ce":
+            y = rng.integers(0, w.sizes[-1], w.batch).astype(np.int64)
+        else:
+            y = (rng.random((w.batch, w.sizes[-1])) < 0.5).astype(np.float32)
+        out.append((x, y))
+    return out

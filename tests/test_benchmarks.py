@@ -1,0 +1,299 @@
+"""The benchmark suite itself (benchmarks/): correct, runnable, and cannot rot.
+
+The hand-written NumPy floor must compute the same gradients and updates as nnx and PyTorch on
+the same weights (A, B and C at reduced width, SGD and Adam); every workload must build and run
+a step for every contender on every backend; the harness, the report and the GPU wrapper must
+work.  Timings are never asserted.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import backends
+from benchmarks import contenders as C
+from benchmarks import report, timing
+from benchmarks import workloads as W
+from benchmarks.floor import FloorMLP
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_OK, CUDA_WHY = backends.cuda_status()
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[
+               pytest.mark.gpu,
+               pytest.mark.skipif(not CUDA_OK, reason=f"no usable CUDA device: {CUDA_WHY}")])]
+
+# gradient checks: A and B at full size, C at reduced width (same structure)
+GRAD_WORKLOADS = ["A", "B", "C@128", "B-adam", "C-adam@128"]
+ALL_WORKLOADS = ["A", "B", "C", "B-adam", "C-adam"]
+
+
+def _make(name, key, device="cpu", **kw):
+    w = W.get(key)
+    try:
+        return C.make(name, w, W.init_params(w, **kw), W.make_batches(w), device)
+    except C.Skip as e:
+        pytest.skip(str(e))
+
+
+def _assert_close(got, want, rtol, what):
+    assert set(got) == set(want), what
+    for k in want:
+        scale = float(np.abs(want[k]).max()) + 1e-12
+        err = float(np.abs(got[k] - want[k]).max())
+        assert err <= rtol * scale, f"{what} {k}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+# ---------------------------------------------------------------------------- workloads
+def test_workload_definitions():
+    a, b, c = W.get("A"), W.get("B"), W.get("C")
+    assert (a.sizes, a.batch, a.hidden, a.loss) == ((2, 2, 1), 4, "sigmoid", "bce")
+    assert (b.sizes, b.batch, b.loss) == ((784, 256, 256, 10), 128, "ce")
+    assert (c.sizes, c.batch) == ((1024, 4096, 4096, 10), 512)
+    assert c.flops_per_step == 6 * 512 * (1024 * 4096 + 4096 * 4096 + 4096 * 10)
+    assert W.get("wide-mlp") == c and W.get("B-adam").optimizer == "adam"
+    assert W.get("C@256").sizes == (256, 256, 256, 10)
+    p = W.init_params(b)
+    assert list(p) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    assert p["0.weight"].shape == (256, 784) and p["0.weight"].dtype == np.float32
+    with pytest.raises(KeyError):
+        W.get("nope")
+
+
+# ---------------------------------------------------------------------------- the floor
+@pytest.mark.parametrize("key", GRAD_WORKLOADS)
+def test_floor_gradients_match_torch(key):
+    pytest.importorskip("torch")
+    floor, ref = _make("floor", key), _make("torch", key)
+    _assert_close(floor.gradients(), ref.gradients(), 1e-4, f"{key} floor vs torch grads")
+    assert floor.loss_value() == pytest.approx(ref.loss_value(), rel=1e-5)
+
+
+@pytest.mark.parametrize("key", GRAD_WORKLOADS)
+def test_floor_gradients_match_nnx(key):
+    floor, ref = _make("floor", key), _make("nnx", key)
+    _assert_close(floor.gradients(), ref.gradients(), 1e-4, f"{key} floor vs nnx grads")
+    assert floor.loss_value() == pytest.approx(ref.loss_value(), rel=1e-5)
+
+
+@pytest.mark.parametrize("key", GRAD_WORKLOADS)
+@pytest.mark.parametrize("ref_name", ["nnx", "torch"])
+def test_floor_updates_match(key, ref_name):
+    """Three full steps (cycling batches) leave the same parameters as nnx / PyTorch."""
+    if ref_name == "torch":
+        pytest.importorskip("torch")
+    floor, ref = _make("floor", key), _make(ref_name, key)
+    p0 = floor.state_dict()
+    for _ in range(3):
+        floor.step()
+        ref.step()
+    got, want = floor.state_dict(), ref.state_dict()
+    # Adam's first steps move every weight by about lr whatever the gradient's size, so compare
+    # the change against lr; SGD's change is compared against the weights' own scale
+    w = W.get(key)
+    for k in want:
+        moved = float(np.abs(want[k] - p0[k]).max())
+        assert moved > 0, f"{ref_name} did not update {k}"
+        tol = 0.05 * w.lr if w.optimizer == "adam" else 1e-5 * float(np.abs(want[k]).max())
+        err = float(np.abs(got[k] - want[k]).max())
+        assert err <= tol, f"{key} {k}: floor vs {ref_name} after 3 steps: {err:.3g} > {tol:.3g}"
+
+
+def test_floor_sigmoid_bce_saturated_is_finite_and_silent():
+    """Huge pre-activations: no overflow warnings (warnings are errors here), PyTorch's values."""
+    torch = pytest.importorskip("torch")
+    w = W.get("A")
+    params = {k: v * 400 for k, v in W.init_params(w).items()}
+    floor = FloorMLP(w, params, W.make_batches(w))
+    g = floor.gradients()
+    assert np.isfinite(floor.loss_value())
+    assert all(np.isfinite(v).all() for v in g.values())
+    m = C.torch_model(torch, w)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    x, y = W.make_batches(w)[0]
+    loss = torch.nn.BCELoss()(m(torch.from_numpy(x)), torch.from_numpy(y))
+    assert floor.loss_value() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_floor_relu_bit_trick_matches_maximum():
+    w = W.get("C@64")
+    floor = FloorMLP(w, W.init_params(w), W.make_batches(w))
+    x, y = floor.batches[0]
+    floor.gradients()
+    z0 = x @ floor.W[0].T + floor.b[0]
+    np.testing.assert_array_equal(floor.Z[0], np.maximum(z0, 0))
+
+
+def test_floor_sgd_momentum_matches_torch():
+    torch = pytest.importorskip("torch")
+    import dataclasses
+    w = dataclasses.replace(W.get("B"), momentum=0.9)
+    p, b = W.init_params(w), W.make_batches(w)
+    floor, ref = C.make("floor", w, p, b), C.make("torch", w, p, b)
+    assert isinstance(ref.opt, torch.optim.SGD)
+    for _ in range(3):
+        floor.step()
+        ref.step()
+    _assert_close(floor.state_dict(), ref.state_dict(), 1e-5, "momentum SGD")
+
+
+# ---------------------------------------------------------------------------- every workload
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["floor", "nnx", "torch"])
+@pytest.mark.parametrize("key", ALL_WORKLOADS)
+def test_workload_builds_and_steps(key, name, device):
+    """Full-size workload, one step, on every contender and backend."""
+    c = _make(name, key, device)
+    c.set_threads(1)
+    c.activate()
+    before = c.state_dict()
+    c.step()
+    c.sync()
+    assert np.isfinite(c.loss_value())
+    after = c.state_dict()
+    assert set(after) == set(W.get(key).param_keys())
+    assert any(not np.array_equal(before[k], after[k]) for k in after)
+    c.close()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nnx_gradients_match_floor_on_device(device):
+    floor, ref = _make("floor", "B"), _make("nnx", "B", device)
+    _assert_close(floor.gradients(), ref.gradients(), 1e-4, f"floor vs nnx-{device}")
+
+
+def test_gemm_contender_runs():
+    c = _make("gemm", "C@128")
+    c.step()
+    c.sync()
+    assert c.Z[-1].shape == (64, 10)
+
+
+def test_skip_reasons():
+    with pytest.raises(C.Skip, match=r"\S"):
+        if CUDA_OK:
+            raise C.Skip("cuda is here: nothing to skip")
+        C.make("nnx", W.get("A"), W.init_params(W.get("A")), W.make_batches(W.get("A")), "cuda")
+    ok, why = C.cuda_available()
+    assert ok == CUDA_OK or not ok
+    assert isinstance(why, str) and why
+
+
+# ---------------------------------------------------------------------------- the harness
+def test_load_probe_delta():
+    a = (0.0, 0.0, 10.0, 1.0)
+    b = (1.0, 0.5, 11.5, 1.25)  # 1 s wall, we used 0.5 s, machine busy 1.5 s, steal 0.25 s
+    d = timing.LoadProbe.delta(a, b)
+    assert d["other"] == pytest.approx(1.0) and d["steal"] == pytest.approx(0.25)
+    s = timing.LoadProbe().sample(0.05)
+    assert s["other"] >= 0 and s["wall"] > 0
+
+
+def test_busy_threshold():
+    assert timing.busy_threshold(2, ncpu=2) == pytest.approx(0.25)
+    assert timing.busy_threshold(1, ncpu=2) > 0.9
+
+
+def test_interleave_pairs_and_summary():
+    calls = []
+
+    def slow():
+        calls.append("s")
+        sum(range(2000))
+
+    def fast():
+        calls.append("f")
+        sum(range(200))
+
+    res = timing.interleave([timing.Entry("slow", slow), timing.Entry("fast", fast)], rounds=3,
+                            block_s=0.002, threads=timing.n_cpus(), max_extra=2,
+                            warmup_s=0.01)
+    assert set(res["per"]) == {"slow", "fast"} and 3 <= res["rounds"] <= 5
+    assert res["ratios"]["slow/fast"]["median"] > 0
+    assert res["ratios"]["slow/fast"]["median"] == pytest.approx(
+        1 / res["ratios"]["fast/slow"]["median"], rel=0.5)
+    assert len(res["round_loads"]) == res["rounds"] and "noisy_rounds" in res
+
+
+def test_summarize_drops_noisy_rounds():
+    samples = {"a": [1.0, 1.0, 9.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0, 2.0, 2.0]}
+    noisy = [False, False, True, False, False]
+    loads = [{"max": 0.0}, {"max": 0.0}, {"max": 2.0}, {"max": 0.0}, {"max": 0.0}]
+    s = timing.summarize(samples, noisy, loads, threads=1, threshold=0.5)
+    assert s["rounds_used"] == 4 and s["noisy_rounds"] == 1 and not s["used_noisy_rounds"]
+    assert s["per"]["a"]["median_s"] == 1.0
+    assert s["ratios"]["a/b"]["median"] == pytest.approx(0.5)
+
+
+def test_check_bars():
+    e = {"key": "C", "contenders": {
+        "nnx-cpu": {"vs_floor": 1.02, "vs_torch": 0.9, "gemm_share": 0.85},
+        "nnx-cuda": {"vs_torch": 1.2}}}
+    bars = {b["what"]: b["ok"] for b in report.check_bars(e)}
+    assert bars == {"nnx-cpu / floor-cpu": True,
+                    "nnx-cpu GFLOP/s / NumPy GEMM rate": False,
+                    "nnx-cuda / torch-cuda": False}
+    mem = [{"workload": "C", "contender": "floor-cpu", "peak_rss": 100,
+            "traced_growth_per_step": 0},
+           {"workload": "C", "contender": "nnx-cpu", "peak_rss": 130,
+            "traced_growth_per_step": 10 ** 6}]
+    mb = {b["what"].split(":")[1].strip().split(" ")[0]: b["ok"]
+          for b in report.check_memory_bars(mem)}
+    assert mb == {"peak": False, "nnx-cpu": False}
+
+
+def test_memory_child_reports_peak_and_growth():
+    from benchmarks import memory
+    m = memory.measure("C@128", "floor", "cpu", threads=1, steps=1, traced_steps=1, timeout=120)
+    assert "error" not in m, m
+    assert m["peak_rss"] >= m["rss_import"] > 0
+    assert m["traced_growth_per_step"] is not None
+
+
+def test_main_smoke_writes_report(tmp_path, capsys):
+    """Every code path of ``python -m benchmarks`` in seconds; the table is printed last."""
+    from benchmarks import main
+    rc = main(["--smoke", "--workloads", "A,C", "--no-memory", "--out", str(tmp_path),
+               "--name", "smoke"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    assert (tmp_path / "smoke.png").stat().st_size > 1000
+    assert data["machine"]["cpu"]["model"] and data["machine"]["blas"]
+    assert {e["key"] for e in data["workloads"]} == {"A", "C@256"}
+    for e in data["workloads"]:
+        assert "floor-cpu" in e["contenders"], e.get("skipped")
+        assert "timing" in e and "threads" in e
+        for label in ("nnx-cpu", "torch-cpu"):
+            assert label in e["contenders"] or label in e["skipped"]
+    c = next(e for e in data["workloads"] if e["key"] == "C@256")
+    assert c["contenders"]["floor-cpu"].get("gemm_share") is not None
+    assert data["micro"] and data["micro"][0]["rows"]
+    assert out.rstrip().splitlines()[-1].startswith("load:")  # the table comes last
+    assert "nnx benchmark" in out
+
+
+def test_pytest_benchmark_files_import_and_are_not_collected_by_default():
+    import importlib
+    for mod in ("benchmarks.test_bench_workloads", "benchmarks.test_bench_kernels"):
+        importlib.import_module(mod)
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        pytest.skip("tomllib needs Python 3.11")
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        cfg = tomllib.load(f)
+    assert cfg["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+
+
+@pytest.mark.skipif(CUDA_OK, reason="a GPU is present: the script would run the GPU checks")
+def test_gpu_check_script_skips_without_gpu():
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("no GPU: skipped")
