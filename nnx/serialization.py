@@ -162,16 +162,20 @@ def load(path):
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"nnx.load: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # NOTE: we open the file ourselves: np.load(path) leaks its file handle when the zip
+        # directory is corrupt (it hands the handle to NpzFile, whose constructor then raises).
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"nnx.load: {path!r} is a single .npy array, not an nnx checkpoint")
-            names = list(z.files)
-            if _VERSION_KEY not in names or _META_KEY not in names:
-                raise CheckpointError(f"nnx.load: {path!r} is not an nnx checkpoint (no format "
-                                      f"version); was it written by nnx.save?")
-            arrays = {}
-            for n in names:
-                arrays[n] = z[n]
+            with z:
+                names = list(z.files)
+                if _VERSION_KEY not in names or _META_KEY not in names:
+                    raise CheckpointError(f"nnx.load: {path!r} is not an nnx checkpoint (no format "
+                                          f"version); was it written by nnx.save?")
+                arrays = {}
+                for n in names:
+                    arrays[n] = z[n]
     except CheckpointError:
         raise
     except ValueError as e:
