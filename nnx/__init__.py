@@ -30,6 +30,8 @@ Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
 from . import nn, optim
 from .serialization import load, save
 from . import data, datasets
+from . import callbacks
+from .training import History, load_model
 
 float16, float32, float64 = "float16", "float32", "float64"
 int32, int64, bool_ = "int32", "int64", "bool"
@@ -48,3 +50,5 @@ __all__ = [
     "sum", "tanh", "transpose", "unsqueeze", "zeros", "zeros_like", "relu", "sigmoid", "softmax",
     "log_softmax", "leaky_relu",
 ]
+
+__all__ += ["callbacks", "History", "load_model"]

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from .. import _config
 from .. import functional as F
+from ..training import TrainingMixin
 from . import init
 from .module import Module, Parameter
 
@@ -158,7 +159,7 @@ class Flatten(Module):
         return x.flatten(self.start_dim, self.end_dim)
 
 
-class Sequential(Module):
+class Sequential(TrainingMixin, Module):
     """A chain of modules applied in order; indexable like a list.
 
     A ``Linear`` directly followed by a ``Sigmoid``, ``ReLU``, ``Tanh`` or ``LeakyReLU`` runs as

@@ -1,0 +1,180 @@
+"""``Dense``: Keras's fully connected layer, a ``Linear`` plus its activation.
+
+A ``Dense`` is a ``Linear`` (same ``weight`` (out, in) and ``bias`` (out,) parameters, so
+``state_dict`` keys stay ``"0.weight"``, ``"0.bias"`` as in PyTorch) that carries its activation
+and starts from Keras's initialization. Its input size may be left open and filled in by
+``Sequential.add`` from the layer before it.
+"""
+from __future__ import annotations
+
+from .. import _config
+from .. import functional as F
+from . import init
+from .layers import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .module import Module, Parameter
+
+__all__ = ["Dense", "ACTIVATIONS", "activation_config", "activation_from_config"]
+
+# Activation names Dense accepts. "leaky_relu" uses nnx's (and PyTorch's) slope 0.01; Keras 3's
+# string "leaky_relu" uses 0.2: pass nn.LeakyReLU(0.2) for that.
+ACTIVATIONS = ("linear", "sigmoid", "relu", "tanh", "leaky_relu", "softmax")
+_FUSED = ("linear", "sigmoid", "relu", "tanh", "leaky_relu")  # F.linear runs these in one node
+
+
+def _normalize_activation(activation):
+    """``(name, module)``: a known name (module None), or a Module (name its fused name, if
+    any, so ``Dense(2, activation=nn.ReLU())`` runs as fast as ``activation="relu"``)."""
+    if activation is None:
+        return "linear", None
+    if isinstance(activation, str):
+        name = activation.strip().lower()
+        if name not in ACTIVATIONS:
+            raise ValueError(f"Dense: unknown activation {activation!r}; expected one of "
+                             f"{', '.join(ACTIVATIONS)}, None, or an nnx.nn module such as "
+                             f"nn.LeakyReLU(0.2)")
+        return name, None
+    if isinstance(activation, Module):
+        t = type(activation)
+        if t in (Sigmoid, ReLU, Tanh):
+            return activation.fused_activation, None
+        if t is LeakyReLU and activation.fused_activation:
+            return "leaky_relu", activation
+        if t is Softmax and activation.axis in (-1, 1):
+            return "softmax", None
+        return None, activation
+    raise TypeError(f"Dense: activation must be a name, None or an nnx.nn Module, got "
+                    f"{type(activation).__name__}")
+
+
+class Dense(Linear):
+    """A fully connected layer with an activation, as ``keras.layers.Dense``:
+    ``y = activation(x W^T + b)``.
+
+    Args:
+        units: number of outputs (``out_features``).
+        activation: ``"linear"`` or None (no activation), ``"sigmoid"``, ``"relu"``, ``"tanh"``,
+            ``"leaky_relu"`` (slope 0.01), ``"softmax"`` (over the last axis), or an ``nnx.nn``
+            module applied to the output (e.g. ``nn.LeakyReLU(0.2)``). Default: None.
+        input_dim: number of input features. Needed for the first layer of a model; a later
+            ``Dense`` added with ``Sequential.add`` takes it from the layer before.
+        use_bias: learn an additive bias. Default: True.
+        device, dtype: where and in which dtype to create the parameters (default: the current
+            default device and dtype; ``Sequential.add`` uses the model's).
+
+    Shape:
+        input (*, in_features) -> output (*, units).
+
+    Attributes:
+        weight: (units, in_features), Glorot-uniform U(-a, a) with a = sqrt(6 / (in + units)),
+            Keras's default (``nn.Linear`` uses PyTorch's U(+-1/sqrt(in)) instead).
+        bias: (units,), zeros, as in Keras.
+
+    The sigmoid, ReLU, tanh and leaky ReLU activations run fused with the bias add (one graph
+    node per layer, as ``Linear`` + activation does in ``Sequential``).
+
+    Example:
+        >>> model = nn.Sequential()
+        >>> model.add(nn.Dense(2, input_dim=2, activation="sigmoid"))
+        >>> model.add(nn.Dense(1, activation="sigmoid"))
+        >>> model(nnx.tensor([[0., 1.]])).shape
+        (1, 1)
+    """
+
+    def __init__(self, units, activation=None, input_dim=None, use_bias=True, device=None,
+                 dtype=None):
+        Module.__init__(self)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"Dense: units must be a positive int, got {units!r}")
+        name, module = _normalize_activation(activation)
+        self.units = self.out_features = int(units)
+        self.in_features = None
+        self.use_bias = bool(use_bias)
+        self.activation = name if name is not None else type(module).__name__
+        self._act_name = name  # fused or "softmax" name, or None for a custom module
+        self._slope = getattr(module, "negative_slope", 0.01)
+        if module is not None:
+            self.activation_module = module  # registered child: moves with .to(), shows in repr
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        if input_dim is not None:
+            self.build(input_dim, device=device, dtype=dtype)
+
+    @property
+    def built(self):
+        return self._parameters.get("weight") is not None
+
+    def build(self, in_features, device=None, dtype=None):
+        """Create the parameters for ``in_features`` inputs (Glorot-uniform weight, zero bias)."""
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"Dense({self.units}): input_dim must be a positive int, got "
+                             f"{in_features!r}")
+        b = _config.backend_for(device)
+        dt = _config.to_dtype(dtype) or _config.get_default_dtype()
+        from ..tensor import _wrap
+
+        self.in_features = int(in_features)
+        self.weight = Parameter(_wrap(b.xp.empty((self.units, self.in_features), dtype=dt), b))
+        if self.use_bias:
+            self.bias = Parameter(_wrap(b.xp.empty((self.units,), dtype=dt), b))
+        self.reset_parameters()
+        return self
+
+    def reset_parameters(self):
+        init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def _unbuilt(self):
+        return ValueError(f"Dense({self.units}) has no input size yet: give input_dim=..., or "
+                          f"add it to a model with Sequential.add() after a layer of known size")
+
+    def logits(self, x):
+        """The pre-activation ``x W^T + b`` (what a fused loss takes)."""
+        p = self._parameters
+        if p.get("weight") is None:
+            raise self._unbuilt()
+        return F.linear(x, p["weight"], p["bias"], "linear", 0.01,
+                        f"Dense({self.in_features} -> {self.units})")
+
+    def forward(self, x):
+        p = self._parameters
+        w = p.get("weight")
+        if w is None:
+            raise self._unbuilt()
+        act = self._act_name
+        if act in _FUSED:
+            return F.linear(x, w, p["bias"], act, self._slope,
+                            f"Dense({self.in_features} -> {self.units})")
+        y = F.linear(x, w, p["bias"], "linear", 0.01, f"Dense({self.in_features} -> {self.units})")
+        if act == "softmax":
+            return F.softmax(y, axis=-1)
+        return self._modules["activation_module"](y)
+
+    def get_config(self):
+        """A JSON-able description (see ``Sequential.get_config``)."""
+        return {"class": "Dense", "units": self.units, "input_dim": self.in_features,
+                "activation": activation_config(self), "use_bias": self.use_bias}
+
+    def extra_repr(self):
+        s = f"in_features={self.in_features}, units={self.units}, activation={self.activation!r}"
+        return s if self.use_bias else s + ", use_bias=False"
+
+
+def activation_config(dense):
+    """The activation of ``dense`` as data: a name, or a layer config for a custom module."""
+    mod = dense._modules.get("activation_module")
+    if mod is None:
+        return dense._act_name
+    if type(mod) is LeakyReLU:
+        return {"class": "LeakyReLU", "negative_slope": mod.negative_slope}
+    from ..training import layer_config
+
+    return layer_config(mod)
+
+
+def activation_from_config(cfg):
+    if cfg is None or isinstance(cfg, str):
+        return cfg
+    from ..training import layer_from_config
+
+    return layer_from_config(cfg)
