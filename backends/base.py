@@ -50,6 +50,16 @@ class Backend(abc.ABC):
     def is_array(self, obj) -> bool:
         """True when ``obj`` is an array of this backend's array type."""
 
+    @property
+    def oom_errors(self) -> tuple:
+        """Exception types meaning "this device is out of memory"; nnx re-raises them as
+        ``nnx.OutOfMemoryError`` with the size requested and a hint. CuPy's memory pool raises
+        ``cupy.cuda.memory.OutOfMemoryError``; NumPy's own MemoryError already names the size,
+        so the CPU lists none."""
+        cuda = getattr(self.xp, "cuda", None)
+        oom = getattr(getattr(cuda, "memory", None), "OutOfMemoryError", None)
+        return (oom,) if isinstance(oom, type) else ()
+
     def synchronize(self) -> None:
         """Wait for all queued work on this device (no-op on the CPU)."""
 

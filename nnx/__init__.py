@@ -15,7 +15,7 @@ from ._config import (cuda_available, detect_anomaly, device, enable_grad, get_d
                       get_device, is_anomaly_enabled, is_grad_enabled, manual_seed, no_grad,
                       set_default_dtype, set_detect_anomaly, set_device)
 from .errors import (AnomalyError, CheckpointError, DeviceError, DTypeError, GraphError, LabelError,
-                     NNXError, OutOfMemoryError, ShapeError)
+                     NNXError, OutOfMemoryError, ShapeError, ValueRangeError)
 from .tensor import Tensor, as_tensor, is_tensor, tensor
 from .ops import (abs, add, amax, arange, argmax, argmin, clamp, clip, clone, div, exp, flatten, full,
                   log, matmul, max, mean, min, mul, neg, ones, ones_like, permute, pow, rand, randn,
@@ -43,7 +43,7 @@ __all__ = [
     "cuda_available", "set_default_dtype", "get_default_dtype", "no_grad", "enable_grad",
     "is_grad_enabled", "manual_seed", "detect_anomaly", "set_detect_anomaly", "is_anomaly_enabled",
     "save", "load", "nn", "optim", "functional", "NNXError", "ShapeError", "DTypeError",
-    "DeviceError", "LabelError", "GraphError", "AnomalyError", "CheckpointError",
+    "DeviceError", "LabelError", "GraphError", "AnomalyError", "CheckpointError", "ValueRangeError",
     "OutOfMemoryError", "abs", "add", "amax", "arange", "argmax", "argmin", "clamp", "clip",
     "clone", "div", "exp", "flatten", "full", "log", "matmul", "max", "mean", "min", "mul", "neg",
     "ones", "ones_like", "permute", "pow", "rand", "randn", "reshape", "sqrt", "squeeze", "sub",

@@ -7,6 +7,9 @@ cannot hit the recursion limit) and accumulates into leaves in place.
 """
 from __future__ import annotations
 
+import numpy as np
+
+import backends
 from . import _config
 from .errors import AnomalyError, DeviceError, GraphError
 
@@ -45,7 +48,17 @@ class Function:
                     break
         if record:
             self.needs_input_grad = tuple([t.requires_grad for t in inputs])
-        y = self.forward(*[t.data for t in inputs])
+        try:
+            if _config.detect_anomaly_enabled:
+                # NumPy would warn about log(-1) or 1/0 (an error under -W error) before the
+                # check below could name the op: let it produce the NaN/inf, then raise.
+                with np.errstate(all="ignore"):
+                    y = self.forward(*[t.data for t in inputs])
+            else:
+                y = self.forward(*[t.data for t in inputs])
+        except MemoryError as e:
+            _reraise_oom(e, b, self, "forward", inputs)
+            raise
         if type(y) is not b.array_type:
             y = b.xp.asarray(y)
         out = _new_tensor(y, b)
@@ -79,6 +92,15 @@ def _device_mismatch(fn, inputs):
                       f".to(device) first")
 
 
+def _reraise_oom(exc, backend, fn, phase, inputs=None):
+    shapes = ""
+    if inputs:
+        shapes = " (inputs " + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in inputs) + ")"
+    err = _config.out_of_memory(exc, backend, f"{fn.name} {phase}{shapes}")
+    if err is not None:
+        raise err from exc
+
+
 def _check_finite(fn, phase, arr, backend):
     if arr is None or arr.dtype.kind != "f":
         return
@@ -86,7 +108,7 @@ def _check_finite(fn, phase, arr, backend):
     if not bool(xp.isfinite(arr).all()):
         kind = "NaN" if bool(xp.isnan(arr).any()) else "inf"
         raise AnomalyError(f"anomaly detected: {fn.name} produced {kind} in its {phase} pass "
-                           f"(output shape {tuple(arr.shape)})")
+                           f"({'output' if phase == 'forward' else 'gradient'} shape {tuple(arr.shape)})")
 
 
 _new_tensor = None  # set by nnx.tensor (avoids an import cycle)
@@ -148,14 +170,23 @@ def backward(root, grad=None, retain_graph=False):
             if not retain_graph:
                 fn.release()
             continue
-        gxs = fn.backward(gy)
+        try:
+            if anomaly:
+                with np.errstate(all="ignore"):  # see Function.apply
+                    gxs = fn.backward(gy)
+            else:
+                gxs = fn.backward(gy)
+        except MemoryError as e:
+            _reraise_oom(e, getattr(fn, "backend", b), fn, "backward", fn.inputs)
+            raise
         fn.unit_grad = False
         inputs = fn.inputs
         for t, gx in zip(inputs, gxs):
             if gx is None or not t.requires_grad:
                 continue
             if anomaly:
-                _check_finite(fn, "backward", gx, b)
+                # gx lives on the input's device, which differs from the root's after a .to()
+                _check_finite(fn, "backward", gx, backends.backend_of(gx))
             c = t.creator
             if c is None:
                 t._accumulate(gx)

@@ -26,6 +26,10 @@ class LabelError(NNXError, ValueError, IndexError):
     """Class labels out of range, or of a non-integer dtype."""
 
 
+class ValueRangeError(NNXError, ValueError):
+    """An input's values lie outside what the op accepts (e.g. BCE probabilities outside [0, 1])."""
+
+
 class GraphError(NNXError, RuntimeError):
     """Misuse of the autograd graph (backward twice, non-scalar backward, ...)."""
 
@@ -39,4 +43,12 @@ class CheckpointError(NNXError, ValueError):
 
 
 class OutOfMemoryError(NNXError, MemoryError):
-    """The device ran out of memory; the message gives the size requested and a hint."""
+    """The device ran out of memory; the message gives the size requested and a hint.
+
+    Attributes:
+        requested_bytes: the size of the allocation that failed (None when unknown).
+        device: the device string ("cuda:0", ...).
+    """
+
+    requested_bytes = None
+    device = None

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _config
 from .autograd import Function
-from .errors import DTypeError, LabelError, ShapeError
+from .errors import DTypeError, LabelError, ShapeError, ValueRangeError
 from .ops import _promote_int, exp, log, mean, sum as _sum, tanh  # noqa: F401  (tanh re-exported)
 from .tensor import Tensor, _wrap, as_tensor
 
@@ -306,6 +306,10 @@ def _loss_target(input, target, name):
 
         raise DeviceError(f"{name}: input is on {input.device} but target is on {target.device}")
     _check_same_shape(input, target, name)
+    if input.data.size == 0:
+        # NOTE: PyTorch returns NaN for the mean of an empty batch; nnx raises, as cross_entropy
+        # does: an empty batch is nearly always a slicing bug, and a NaN loss hides where it began.
+        raise ShapeError(f"{name}: empty batch (input of shape {input.shape})")
     return target
 
 
@@ -414,8 +418,8 @@ class BCELoss(Function):
 def binary_cross_entropy(input, target, reduction="mean"):
     """-(t log p + (1 - t) log(1 - p)) on probabilities ``input`` in [0, 1].
 
-    Each log is clamped at -100 as in PyTorch. An input outside [0, 1] raises ValueError (on a
-    GPU at the next host read of the loss, so the step itself never waits).
+    Each log is clamped at -100 as in PyTorch. An input outside [0, 1] raises ValueRangeError, a
+    ValueError (on a GPU at the next host read of the loss, so the step itself never waits).
     """
     _check_reduction(reduction, "binary_cross_entropy")
     input = _float_input(input, "binary_cross_entropy")
@@ -424,9 +428,9 @@ def binary_cross_entropy(input, target, reduction="mean"):
     lo, hi = p.min(), p.max()
 
     def err():
-        return ValueError(f"binary_cross_entropy: input must hold probabilities in [0, 1], got "
-                          f"values in [{float(lo):.4g}, {float(hi):.4g}]; for raw scores use "
-                          f"binary_cross_entropy_with_logits (BCEWithLogitsLoss)")
+        return ValueRangeError(f"binary_cross_entropy: input must hold probabilities in [0, 1], "
+                               f"got values in [{float(lo):.4g}, {float(hi):.4g}]; for raw scores "
+                               f"use binary_cross_entropy_with_logits (BCEWithLogitsLoss)")
 
     if input._backend.name == "numpy":
         if lo < 0 or hi > 1:

@@ -728,13 +728,20 @@ class ToDevice(Function):
         src = x._backend
         self.src_backend, self.src_dtype = src, x.dtype
         data = x.data
-        if self.target is not src:
-            data = self.target.asarray(src.to_host(data)) if self.target.name == "numpy" or \
-                src.name == "numpy" else self.target.asarray(data)
-        if self.dtype is not None and data.dtype != self.dtype:
-            data = data.astype(self.dtype)
-        elif data is x.data:
-            data = data.copy()
+        try:
+            if self.target is not src:
+                data = self.target.asarray(src.to_host(data)) if self.target.name == "numpy" or \
+                    src.name == "numpy" else self.target.asarray(data)
+            if self.dtype is not None and data.dtype != self.dtype:
+                data = data.astype(self.dtype)
+            elif data is x.data:
+                data = data.copy()
+        except MemoryError as e:  # a batch moved to a full GPU: say so with the size and a hint
+            err = _config.out_of_memory(e, self.target, f"moving a {x.shape} {x.dtype} tensor "
+                                        f"from {src.device} to {self.target.device}")
+            if err is not None:
+                raise err from e
+            raise
         out = _wrap(data, self.target)
         if _config.is_grad_enabled() and x.requires_grad and out.data.dtype.kind == "f":
             self.inputs = (x,)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _config
 from .errors import DTypeError
 from .tensor import Tensor, _wrap
 
@@ -26,8 +27,13 @@ class _FlatGroup:
         xp = self.backend.xp
         self.params = list(params)
         total = sum(int(p.data.size) for p in params)
-        self.data = xp.empty(total, dtype=self.dtype)
-        self.grad = xp.zeros(total, dtype=self.dtype)
+        try:
+            self.data = xp.empty(total, dtype=self.dtype)
+            self.grad = xp.zeros(total, dtype=self.dtype)
+        except MemoryError as e:  # nothing is changed yet: the parameters keep their storage
+            _reraise_oom(e, self.backend, f"the optimizer's flat buffers ({len(params)} "
+                         f"parameters, {total:,} elements of {self.dtype})")
+            raise
         self.slices = []
         off = 0
         for p in params:
@@ -63,12 +69,23 @@ class _FlatGroup:
     def state_buffer(self, name):
         buf = self.state.get(name)
         if buf is None:
-            buf = self.backend.xp.zeros(self.data.size, dtype=self.dtype)
+            try:
+                buf = self.backend.xp.zeros(self.data.size, dtype=self.dtype)
+            except MemoryError as e:
+                _reraise_oom(e, self.backend, f"the optimizer state {name!r} ({self.data.size:,} "
+                             f"elements of {self.dtype})")
+                raise
             self.state[name] = buf
         return buf
 
     def view(self, flat, i):
         return flat[self.slices[i]].reshape(self.params[i].shape)
+
+
+def _reraise_oom(exc, backend, where):
+    err = _config.out_of_memory(exc, backend, where)
+    if err is not None:
+        raise err from exc
 
 
 class Optimizer:

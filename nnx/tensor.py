@@ -7,7 +7,7 @@ import numpy as np
 
 import backends
 from . import _config, autograd
-from .errors import DTypeError, NNXError
+from .errors import DTypeError, NNXError, ShapeError
 
 
 class Tensor:
@@ -351,8 +351,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
         if dt is None:
             try:
                 host = np.asarray(data)
-            except ValueError as e:
-                raise ValueError(f"tensor(): could not make an array from the data: {e}") from None
+            except ValueError as e:  # ragged nesting, e.g. [[1, 2], [3]]
+                raise ShapeError(f"tensor(): could not make an array from the data: {e}") from None
             if host.dtype.kind == "f":
                 dt = _config.get_default_dtype()
             elif host.dtype.kind in "iub":
