@@ -239,7 +239,14 @@ def _make_metric(name, kind, head, probs, xp):
                 "sparse": "sparse_categorical_accuracy"}.get(kind, "auto_accuracy")
     count = xp.count_nonzero
     if name == "binary_accuracy":
-        thr = 0.0 if head in ("sigmoid", "logits") else 0.5  # sigmoid(z) > 0.5 <=> z > 0
+        if head == "sigmoid":
+            # NOTE: threshold the probabilities, not the logits: z > 0 and sigmoid(z) > 0.5
+            # differ where sigmoid(z) rounds to exactly 0.5 (tiny z), and predict() and Keras
+            # see the rounded probability.
+            def binary_accuracy(o, t):
+                return _count_rows(xp, t == (probs(o) > 0.5))
+            return binary_accuracy
+        thr = 0.0 if head == "logits" else 0.5
 
         def binary_accuracy(o, t):
             return _count_rows(xp, t == (o > thr))
