@@ -279,6 +279,12 @@ def cmd_train(args):
     opt_name = args.optimizer or d["optimizer"]
     lr = args.lr or DEFAULT_LR.get((args.dataset, opt_name), DEFAULT_LR[opt_name])
 
+    if args.save:  # fail before training, not after it
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            raise CLIError(f"cannot write {args.save}: folder {folder!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise CLIError(f"cannot write {args.save}: folder {folder!r} is not writable")
     try:
         nnx.set_device(args.device)
     except nnx.DeviceError as e:
