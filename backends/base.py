@@ -101,11 +101,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def relu_fwd(self, x, out=None):
-        """y = x where x > 0 else 0."""
+        """y = max(x, 0); NaN stays NaN (as in PyTorch)."""
 
     @abc.abstractmethod
     def relu_bwd(self, y, gy, out=None):
-        """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0). ``y`` may be x or relu(x)."""
+        """gx = gy where y > 0 else 0 (also for a non-finite gy; the gradient at exactly 0 is 0).
+
+        ``y`` may be x or relu(x).
+        """
 
     @abc.abstractmethod
     def leaky_relu_fwd(self, x, negative_slope: float, out=None):

@@ -101,9 +101,12 @@ class NumpyBackend(Backend):
         return out
 
     def relu_bwd(self, y, gy, out=None):
+        mask = y > 0
         if out is None:
-            out = np.empty_like(gy)
-        np.multiply(gy, y > 0, out=out)
+            out = np.zeros_like(gy)
+        else:
+            out.fill(0)
+        np.copyto(out, gy, where=mask)  # 0 where y <= 0 even for a NaN/inf gy, as PyTorch
         return out
 
     def leaky_relu_fwd(self, x, negative_slope, out=None):
