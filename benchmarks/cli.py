@@ -16,10 +16,14 @@ from . import workloads as W
 DEFAULT_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# rounds wanted (quick, full) and a per-workload time budget in seconds (quick, full)
+# rounds wanted (quick, full) and, for full runs, a per-workload time budget in seconds
 ROUNDS = {"A": (15, 41), "B": (15, 41), "C": (5, 11), "B-adam": (9, 21), "C-adam": (3, 7)}
-BUDGET = {"A": (6, 30), "B": (8, 40), "C": (25, 120), "B-adam": (5, 25), "C-adam": (14, 60)}
-QUICK_DEADLINE_S = 105.0  # --quick must finish in < 2 minutes: later parts shrink to fit
+BUDGET_FULL = {"A": 30, "B": 40, "C": 150, "B-adam": 25, "C-adam": 90}
+# --quick must finish in < 2 minutes even on a busy host (where every step is several times
+# slower): each phase gets this share of the time left, by weight
+QUICK_DEADLINE_S = 100.0
+PHASE_WEIGHTS = {"A": 1.0, "B": 1.2, "C": 3.0, "B-adam": 1.0, "C-adam": 2.0, "memory": 2.5,
+                 "micro": 1.2}
 
 
 def parse_args(argv=None):
@@ -95,8 +99,14 @@ def _top_others(before: Dict[int, tuple], elapsed: float, n: int = 3) -> List[Di
 
 # ---------------------------------------------------------------------------- one workload
 def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: int,
-                 rounds: int, block_s: float, budget_s: float, max_wait: float,
-                 probe: timing.LoadProbe, log, warmup_min_steps: int = 2) -> Dict[str, object]:
+                 rounds: int, block_s: float, budget_s: float, max_wait: Optional[float],
+                 probe: timing.LoadProbe, log, warmup_min_steps: int = 2,
+                 min_rounds: int = 3) -> Dict[str, object]:
+    """Build every contender, time them interleaved, and derive the per-contender figures.
+
+    ``max_wait``: seconds to wait for a quiet machine first (None: no wait; the caller did).
+    """
+    t_begin = time.perf_counter()
     params, batches = W.init_params(w), W.make_batches(w)
     built, skipped = [], {}
     extra = ["gemm"] if w.key.split("@")[0] in ("B", "C") else []
@@ -124,17 +134,17 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
     if not built:
         entry["timing"] = {"load_median": 0.0, "noisy_rounds": 0, "rounds": 0}
         return entry
-    quiet = timing.wait_for_quiet(probe, threads, max_wait)
-    entry["pre_wait"] = quiet
+    if max_wait is not None:
+        entry["pre_wait"] = timing.wait_for_quiet(probe, threads, max_wait)
     before = _proc_cpu_snapshot()
     t0 = time.perf_counter()
     ents = [timing.Entry(c.label, c.step, c.sync, c.activate) for c in built]
     limiter = _blas_limit(threads)
     try:
         res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
-                                budget_s=budget_s, probe=probe,
-                                warmup_s=min(0.2, block_s * 4),
-                                warmup_min_steps=warmup_min_steps)
+                                budget_s=budget_s - (time.perf_counter() - t_begin),
+                                probe=probe, warmup_s=min(0.2, block_s * 4),
+                                warmup_min_steps=warmup_min_steps, min_rounds=min_rounds)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
@@ -235,27 +245,47 @@ def main(argv=None) -> int:
     def remaining():
         return QUICK_DEADLINE_S - (time.perf_counter() - t_start)
 
+    phases = [w.key.split("@")[0] for w in wls]
+    if not a.no_memory and "cpu" in devices:
+        phases.append("memory")
+    if not a.no_micro:
+        phases.append("micro")
+    timed_quick = quick and not a.smoke
+
+    def phase_budget(phase):
+        """Seconds for ``phase``: its weighted share of the time left (quick), else fixed."""
+        if a.smoke:
+            return 2.0
+        if not timed_quick:
+            return BUDGET_FULL.get(phase, 60.0)
+        i = phases.index(phase)
+        left = sum(PHASE_WEIGHTS.get(p, 1.0) for p in phases[i:])
+        return max(2.0, remaining() * PHASE_WEIGHTS.get(phase, 1.0) / left)
+
     for w in wls:
         base = w.key.split("@")[0]
         rounds = a.rounds or (3 if a.smoke else ROUNDS.get(base, (9, 21))[qi])
-        budget = 2.0 if a.smoke else BUDGET.get(base, (10, 60))[qi]
-        if quick and not a.smoke:
-            budget = max(3.0, min(budget, remaining() - 45))
+        budget = phase_budget(base)
         block_s = (a.block_ms / 1e3 if a.block_ms else (0.01 if a.smoke else
                                                          (0.03 if quick else 0.05)))
-        min_steps = 1 if (quick and base.startswith("C")) else 2
+        heavy = base.startswith("C")
+        min_steps = 1 if (quick and heavy) else 2
+        min_rounds = 1 if (timed_quick and heavy) else 3
+        t_w = time.perf_counter()
         if plan_mode == "auto":
             q = timing.wait_for_quiet(probe, ncpu, max_wait)
             threads_list = [ncpu] if q["quiet"] else [1]
             why = (f"quiet ({q['load']:.2f} cores foreign load)" if q["quiet"] else
                    f"busy ({q['load']:.2f} cores foreign load > {q['threshold']:.2f}): 1 thread")
+            wait = None
         else:
-            threads_list, why = plan, plan_mode
+            threads_list, why, wait = plan, plan_mode, max_wait
         entries = []
         for th in threads_list:
-            log(f"{w.key} {w.name}: {th} thread(s) [{why}], up to {rounds} rounds")
-            e = run_workload(w, devices, names, th, rounds, block_s, budget, max_wait, probe,
-                             log, warmup_min_steps=min_steps)
+            log(f"{w.key} {w.name}: {th} thread(s) [{why}], up to {rounds} rounds, "
+                f"budget {budget / len(threads_list):.0f} s")
+            e = run_workload(w, devices, names, th, rounds, block_s, budget / len(threads_list),
+                             wait, probe, log, warmup_min_steps=min_steps, min_rounds=min_rounds)
             e["thread_choice"] = why
             entries.append(e)
             _log_entry(log, e)
@@ -269,59 +299,67 @@ def main(argv=None) -> int:
             pref = single if noisy else multi
             pref["preference_reason"] = ("multi-thread rounds were noisy" if noisy else
                                          "multi-thread rounds were quiet")
-        elif (plan_mode == "auto" and entries[0]["threads"] > 1
-              and entries[0]["timing"].get("used_noisy_rounds") and remaining() > 40):
-            log(f"{w.key}: {ncpu}-thread rounds were noisy; rerunning at 1 thread")
-            e = run_workload(w, devices, names, 1, rounds, block_s, budget, max_wait, probe, log,
-                             warmup_min_steps=min_steps)
-            e["thread_choice"] = "rerun at 1 thread: multi-thread rounds were noisy"
-            entries.append(e)
-            _log_entry(log, e)
-            pref = e
+        elif plan_mode == "auto" and entries[0]["threads"] > 1 and \
+                entries[0]["timing"].get("used_noisy_rounds"):
+            spent = time.perf_counter() - t_w
+            if not timed_quick or spent < 0.5 * budget:
+                log(f"{w.key}: {ncpu}-thread rounds were noisy; rerunning at 1 thread")
+                e = run_workload(w, devices, names, 1, rounds, block_s, budget - spent, None,
+                                 probe, log, warmup_min_steps=min_steps, min_rounds=min_rounds)
+                e["thread_choice"] = "rerun at 1 thread: multi-thread rounds were noisy"
+                entries.append(e)
+                _log_entry(log, e)
+                pref = e
+            else:
+                entries[0]["preference_reason"] = "noisy, but no time left to rerun at 1 thread"
         for e in entries:
             e["preferred"] = e is pref
             e["bars"] = report.check_bars(e)
             result["workloads"].append(e)
 
     # ---- memory: peak RSS and growth, one subprocess per contender
-    if not a.no_memory and "cpu" in devices:
+    if "memory" in phases:
         from . import memory
-        mem_keys = [w for w in wls if w.key.split("@")[0] in
-                    (("C",) if quick else ("B", "C"))]
+        t_m, budget = time.perf_counter(), phase_budget("memory")
+        mem_keys = [w for w in wls if w.key.split("@")[0] in (("C",) if quick else ("B", "C"))]
         for w in mem_keys:
-            th = next((e["threads"] for e in result["workloads"]
-                       if e["key"] == w.key and e.get("preferred")), 1)
+            pe = next((e for e in result["workloads"] if e["key"] == w.key and e.get("preferred")),
+                      None)
+            th = pe["threads"] if pe else 1
+            steps, traced = (1, 1) if quick else (3, 3)
             for name in names:
-                if quick and not a.smoke and remaining() < 25:
-                    result["memory"].append({"workload": w.key, "contender": f"{name}-cpu",
+                label = f"{name}-cpu"
+                # a child runs 2 + steps + 2 * traced steps, after imports (torch: seconds)
+                t_step = (pe["contenders"].get(label, {}).get("time_s", 1.0) if pe else 1.0)
+                est = (3.0 if name == "torch" else 1.0) + (3 + steps + 2 * traced) * t_step
+                if timed_quick and time.perf_counter() - t_m + est > budget:
+                    result["memory"].append({"workload": w.key, "contender": label,
                                              "error": "skipped: --quick time budget"})
                     continue
-                log(f"memory {w.key} {name}-cpu ({th} thread(s), subprocess)")
-                m = memory.measure(w.key, name, "cpu", th, steps=1 if quick else 3,
-                                   traced_steps=2 if quick else 4)
+                log(f"memory {w.key} {label} ({th} thread(s), subprocess)")
+                m = memory.measure(w.key, name, "cpu", th, steps=steps, traced_steps=traced)
                 m.setdefault("workload", w.key)
-                m.setdefault("contender", f"{name}-cpu")
+                m.setdefault("contender", label)
                 result["memory"].append(m)
     mem_bars = report.check_memory_bars(result["memory"])
     result["memory_bars"] = mem_bars
 
     # ---- kernel micro-benchmarks
-    if not a.no_micro:
+    if "micro" in phases:
         from . import micro
         th = next((e["threads"] for e in result["workloads"] if e.get("preferred")), 1)
         result["micro"] = []
+        budget = phase_budget("micro")
         for dev in devices:
-            if quick and not a.smoke and remaining() < 12:
-                log("micro-benchmarks skipped: --quick time budget")
-                break
-            log(f"kernel micro-benchmarks on {dev} ({th} thread(s))")
+            log(f"kernel micro-benchmarks on {dev} ({th} thread(s)), budget {budget:.0f} s")
             limiter = _blas_limit(th)
             try:
                 kernels = (["sigmoid_fwd", "softmax_ce", "sgd_step"] if a.smoke else None)
                 result["micro"].append(micro.run(
                     dev, quick=quick, threads=th, rounds=2 if a.smoke else None,
                     block_s=0.005 if a.smoke else 0.02, kernels=kernels,
-                    use_torch="torch" in names, smoke=a.smoke))
+                    use_torch="torch" in names, smoke=a.smoke,
+                    budget_s=budget / len(devices) if timed_quick else None))
             except Exception as e:
                 log(f"micro-benchmarks on {dev} failed: {type(e).__name__}: {e}")
                 result["micro"].append({"device": dev, "error": f"{type(e).__name__}: {e}",

@@ -5,8 +5,9 @@ process of its own that imports only what it needs: ``python -m benchmarks.memor
 --contender nnx``.  The child reports, as one JSON line:
 
 * ``rss_import``: RSS after the imports, before data and model exist (the interpreter baseline);
-* ``peak_rss``: ``ru_maxrss`` after warm-up and ``steps`` timed steps (before tracemalloc);
-* ``rss_growth_per_step``: RSS change per step over the further steps (all allocators);
+* ``peak_rss``: peak RSS (``VmHWM``) after a warm-up step and ``steps`` more (before
+  tracemalloc starts);
+* ``rss_growth_per_step``: RSS change per step over the last traced stretch (all allocators);
 * ``traced_growth_per_step``: ``tracemalloc`` growth of live allocations per step after warm-up
   and ``traced_steps`` traced steps (NumPy buffers are traced; torch's C++ allocator is not, so
   it is None there); ``traced_growth_first_steps`` is the same over the first traced steps;
@@ -56,7 +57,7 @@ def _maxrss() -> int:
 
 def child(workload: str, contender: str, device: str, threads: int, steps: int,
           traced_steps: int) -> Dict[str, object]:
-    import numpy as np  # noqa: F401  (every contender needs it; counted in the baseline)
+    __import__("numpy")  # every contender needs it: counted in the baseline
     from . import contenders as C
     from . import workloads as W
     w = W.get(workload)
@@ -78,8 +79,7 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
     c.set_threads(threads)
     c.activate()
     rss_built = _rss()
-    for _ in range(2):
-        c.step()
+    c.step()  # warm-up: first-step allocations
     c.sync()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -87,11 +87,6 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
     c.sync()
     step_s = (time.perf_counter() - t0) / max(steps, 1)
     peak = _maxrss()
-    rss_a = _rss()
-    for _ in range(steps):
-        c.step()
-    c.sync()
-    rss_growth = (_rss() - rss_a) / max(steps, 1)
 
     import tracemalloc
     tracemalloc.start()
@@ -106,10 +101,12 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
     cur1, peak1 = tracemalloc.get_traced_memory()
     # a second stretch: one-off growth (a cache filled on the first traced steps) shows in the
     # first difference only; a leak shows in both
+    rss_a = _rss()
     for _ in range(traced_steps):
         c.step()
     c.sync()
     cur2, _ = tracemalloc.get_traced_memory()
+    rss_growth = (_rss() - rss_a) / traced_steps
     tracemalloc.stop()
     traced = contender != "torch"
     out = {
@@ -129,7 +126,7 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
 
 
 def measure(workload: str, contender: str, device: str = "cpu", threads: int = 1,
-            steps: int = 2, traced_steps: int = 2, timeout: float = 300.0) -> Dict[str, object]:
+            steps: int = 1, traced_steps: int = 1, timeout: float = 300.0) -> Dict[str, object]:
     """Run :func:`child` in a fresh interpreter; its JSON result, or ``{"error": ...}``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -153,8 +150,8 @@ def _main(argv: Optional[list] = None) -> int:
     ap.add_argument("--contender", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--traced-steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--traced-steps", type=int, default=1)
     a = ap.parse_args(argv)
     from .contenders import Skip
     try:

@@ -14,7 +14,7 @@ interleaved:
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -156,8 +156,15 @@ def _variants(kernel: str, shape, be, xp, torch, device: str) -> Dict[str, Calla
 
 def run(device: str = "cpu", quick: bool = True, threads: int = 1, rounds: Optional[int] = None,
         block_s: float = 0.02, kernels: Optional[List[str]] = None,
-        use_torch: bool = True, smoke: bool = False) -> Dict[str, object]:
-    """Time every kernel x size x variant; return rows with medians and paired ratios."""
+        use_torch: bool = True, smoke: bool = False,
+        budget_s: Optional[float] = None) -> Dict[str, object]:
+    """Time every kernel x size x variant; return rows with medians and paired ratios.
+
+    ``budget_s``: total seconds; each remaining case gets an equal share of what is left, and
+    cases that no longer fit are listed under ``skipped``.
+    """
+    import time
+    t0 = time.perf_counter()
     skipped: Dict[str, str] = {}
     be = None
     try:
@@ -189,21 +196,28 @@ def run(device: str = "cpu", quick: bool = True, threads: int = 1, rounds: Optio
         skipped["torch"] = "disabled"
     rounds = rounds or (5 if quick else 15)
     rows = []
-    for kernel, sizes in SIZES.items():
-        if kernels and kernel not in kernels:
-            continue
-        for label, shape in sizes[:1] if smoke else sizes:
-            if quick and label in QUICK_SKIP:
+    cases = [(kernel, label, shape) for kernel, sizes in SIZES.items()
+             if not kernels or kernel in kernels
+             for label, shape in (sizes[:1] if smoke else sizes)
+             if not (quick and label in QUICK_SKIP)]
+    for i, (kernel, label, shape) in enumerate(cases):
+        share = None
+        if budget_s is not None:
+            left = budget_s - (time.perf_counter() - t0)
+            if left <= 0:
+                skipped[f"{kernel} {label}"] = "--quick time budget"
                 continue
-            fns = _variants(kernel, shape, be, xp, torch, device)
-            ents = [timing.Entry(name, fn, sync) for name, fn in fns.items()]
-            res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
-                                    max_extra=rounds, warmup_s=0.05)
-            row = {"kernel": kernel, "size": label, "shape": list(shape), "device": device,
-                   "threads": threads, "noisy_rounds": res["noisy_rounds"],
-                   "time_s": {k: v["median_s"] for k, v in res["per"].items()},
-                   "ratios": {k: v["median"] for k, v in res["ratios"].items()
-                              if k.endswith("/fused")}}
-            rows.append(row)
-            del fns, ents
+            share = max(0.1, left / (len(cases) - i))
+        fns = _variants(kernel, shape, be, xp, torch, device)
+        ents = [timing.Entry(name, fn, sync) for name, fn in fns.items()]
+        res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
+                                max_extra=rounds, warmup_s=0.05, budget_s=share,
+                                min_rounds=1 if share is not None else 2)
+        rows.append({"kernel": kernel, "size": label, "shape": list(shape), "device": device,
+                     "threads": threads, "noisy_rounds": res["noisy_rounds"],
+                     "rounds": res["rounds"],
+                     "time_s": {k: v["median_s"] for k, v in res["per"].items()},
+                     "ratios": {k: v["median"] for k, v in res["ratios"].items()
+                                if k.endswith("/fused")}})
+        del fns, ents
     return {"device": device, "threads": threads, "skipped": skipped, "rows": rows}

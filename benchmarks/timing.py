@@ -112,11 +112,11 @@ class Entry:
 def warm_up(e: Entry, min_steps: int = 2, seconds: float = 0.2, max_steps: int = 100000) -> float:
     """Run ``e`` untimed (first calls compile, allocate, fill caches); return its s/step.
 
-    ``min_steps`` steps are run and synced first; the following steps (for about ``seconds``,
-    at least one) give the estimate of the steady-state step time.
+    ``min_steps`` steps run first; the last of them, and any further steps run until about
+    ``seconds`` have passed, give the estimate of the steady-state step time.
     """
     e.activate()
-    for _ in range(min_steps):
+    for _ in range(min_steps - 1):
         e.step()
     e.sync()
     m, ta = 0, time.perf_counter()
@@ -133,7 +133,8 @@ def warm_up(e: Entry, min_steps: int = 2, seconds: float = 0.2, max_steps: int =
 def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads: int = 1,
                max_extra: Optional[int] = None, outlier: float = 1.6,
                budget_s: Optional[float] = None, probe: Optional[LoadProbe] = None,
-               warmup_s: float = 0.2, warmup_min_steps: int = 2) -> Dict[str, object]:
+               warmup_s: float = 0.2, warmup_min_steps: int = 2,
+               min_rounds: int = 3) -> Dict[str, object]:
     """Time ``entries`` in interleaved rounds; return per-entry samples and summary medians.
 
     Args:
@@ -143,26 +144,30 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
         max_extra: extra rounds allowed to replace noisy ones (default: ``rounds``).
         outlier: a block slower than ``outlier`` x its entry's running median marks its round
             noisy.
-        budget_s: stop starting rounds after this many seconds (at least 3 rounds run).
+        budget_s: stop starting rounds when this many seconds (warm-up included) have passed
+            and starting another would overrun it (at least ``min_rounds`` rounds run).
         warmup_s, warmup_min_steps: untimed warm-up per entry (see :func:`warm_up`).
     """
     probe = probe or LoadProbe()
     max_extra = rounds if max_extra is None else max_extra
     thr = busy_threshold(threads)
+    t_start = time.perf_counter()
     for e in entries:
         warm_up(e, min_steps=warmup_min_steps, seconds=warmup_s)
         e.k = max(1, int(round(block_s / max(e.est, 1e-9))))
     samples: Dict[str, List[float]] = {e.label: [] for e in entries}
     loads: List[Dict[str, float]] = []
     noisy: List[bool] = []
-    t_start = time.perf_counter()
     r = 0
     while True:
         n_quiet = noisy.count(False)
         if n_quiet >= rounds or r >= rounds + max_extra:
             break
-        if budget_s is not None and r >= 3 and time.perf_counter() - t_start > budget_s:
-            break
+        if budget_s is not None and r >= min_rounds:
+            per_round = sum(e.k * (statistics.median(samples[e.label]) if samples[e.label]
+                                   else e.est) for e in entries)
+            if time.perf_counter() - t_start + per_round > budget_s:
+                break
         order = entries if r % 2 == 0 else entries[::-1]
         round_load = {"other": 0.0, "steal": 0.0, "max": 0.0}
         is_noisy = False
