@@ -53,7 +53,12 @@ class FloorMLP:
         self.chunk = chunk if self.is_numpy else None
         L, B = w.n_layers, w.batch
         self.L, self.B = L, B
-        c = lambda v: xp.asarray(np.asarray(v, F32))  # noqa: E731  0-d float32 constant
+        if self.is_numpy:
+            def c(v):  # a 0-d float32 array: no per-call scalar conversion in the ufunc
+                return np.asarray(v, F32)
+        else:
+            def c(v):  # a kernel argument: no host-to-device copy (which would sync)
+                return float(v)
         self.c = c
 
         # ---- parameters and gradients: one flat buffer each, views per tensor

@@ -127,6 +127,39 @@ def test_floor_relu_bit_trick_matches_maximum():
     np.testing.assert_array_equal(floor.Z[0], np.maximum(z0, 0))
 
 
+class _FakeCupy:
+    """NumPy dressed as CuPy: drives the floor's non-NumPy code path without a GPU."""
+    __name__ = "fake_cupy"
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.array(a)
+
+    class cuda:
+        @staticmethod
+        def get_current_stream():
+            import types
+            return types.SimpleNamespace(synchronize=lambda: None)
+
+
+@pytest.mark.parametrize("key", ["A", "C@64", "C-adam@64"])
+def test_floor_array_module_path_matches_numpy(key):
+    """The floor's CuPy path (Python-float constants, amax, unchunked update) on a fake xp."""
+    w = W.get(key)
+    p, b = W.init_params(w), W.make_batches(w)
+    ref, alt = FloorMLP(w, p, b), FloorMLP(w, p, b, xp=_FakeCupy())
+    assert not alt.is_numpy and alt.chunk is None
+    _assert_close(alt.gradients(), ref.gradients(), 1e-6, f"{key} fake-cupy grads")
+    for _ in range(3):
+        ref.step()
+        alt.step()
+    alt.sync()
+    _assert_close(alt.state_dict(), ref.state_dict(), 1e-5, f"{key} fake-cupy steps")
+
+
 def test_floor_sgd_momentum_matches_torch():
     torch = pytest.importorskip("torch")
     import dataclasses
@@ -297,3 +330,25 @@ def test_gpu_check_script_skips_without_gpu():
                        capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("no GPU: skipped")
+
+
+@pytest.mark.parametrize("kernel", list(__import__("benchmarks.micro").micro.SIZES))
+def test_micro_variants_run_and_agree(kernel):
+    """Every micro-benchmark variant runs; fused and unfused compute the same thing."""
+    from benchmarks import micro
+    torch = pytest.importorskip("torch")
+    label, shape = micro.SIZES[kernel][0]
+    fns = micro._variants(kernel, shape, backends.get_backend("cpu"), np, torch, "cpu")
+    assert set(fns) == {"fused", "unfused", "torch"}
+    outs = {k: f() for k, f in fns.items()}
+    if kernel == "sigmoid_bwd":
+        np.testing.assert_allclose(outs["fused"], outs["unfused"], rtol=1e-5, atol=1e-7)
+    elif kernel == "sigmoid_fwd":
+        np.testing.assert_allclose(outs["fused"], outs["unfused"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(outs["fused"], outs["torch"].numpy(), rtol=1e-5, atol=1e-7)
+    elif kernel == "softmax_ce":
+        (lf, gf, _), (lu, gu), (lt, gt) = outs["fused"], outs["unfused"], outs["torch"]
+        assert float(lf) == pytest.approx(float(lu), rel=1e-5)
+        assert float(lf) == pytest.approx(lt.item(), rel=1e-5)
+        np.testing.assert_allclose(gf, gu, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(gf, gt.numpy(), rtol=1e-4, atol=1e-7)
