@@ -70,7 +70,7 @@ class TerminateOnNaN(Callback):
             history.nan_batch = batch
         model.stop_training = True
         model.stop_reason = "nan"
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def _improvement(mode, monitor):
@@ -136,7 +136,7 @@ class EarlyStopping(Callback):
                 self._warned = True
                 warnings.warn(f"EarlyStopping: monitored value {self.monitor!r} is not in the "
                               f"logs (available: {', '.join(logs)}); pass validation data or "
-                              f"monitor another key", RuntimeWarning, stacklevel=4)
+                              f"monitor another key", RuntimeWarning, stacklevel=3)
             return
         self.wait += 1
         if self._better(current, self.best):
@@ -206,7 +206,7 @@ class ModelCheckpoint(Callback):
                     self._warned = True
                     warnings.warn(f"ModelCheckpoint: monitored value {self.monitor!r} is not in "
                                   f"the logs (available: {', '.join(logs)}); nothing is saved",
-                                  RuntimeWarning, stacklevel=4)
+                                  RuntimeWarning, stacklevel=3)
                 return
             better = current < self.best if self.mode == "min" else current > self.best
             if not better or not np.isfinite(current):

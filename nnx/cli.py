@@ -309,7 +309,8 @@ def cmd_train(args):
     if binary:
         model.add(nn.Dense(1, input_dim=None if hidden else size, activation="sigmoid"))
         loss = "binary_crossentropy"
-        ytr_fit, yte_fit = ytr.astype(np.float32).reshape(-1, 1), yte.astype(np.float32).reshape(-1, 1)
+        ytr_fit = ytr.astype(np.float32).reshape(-1, 1)
+        yte_fit = yte.astype(np.float32).reshape(-1, 1)
     else:
         model.add(nn.Dense(n_classes, input_dim=None if hidden else size, activation="softmax"))
         loss = "sparse_categorical_crossentropy"

@@ -72,6 +72,8 @@ class History:
             ``"early_stopping"``, or ``"callback"`` (another callback set
             ``model.stop_training``).
         stop_message: a sentence saying where and why training stopped, or None.
+        nan_batch: with ``stop_reason == "nan"``, the 0-based index of the first batch of the
+            stopped epoch whose loss was not finite.
         model: the model trained.
     """
 
@@ -83,6 +85,7 @@ class History:
         self.stopped_epoch = None
         self.stop_reason = None
         self.stop_message = None
+        self.nan_batch = None
         self.model = None
 
     def __repr__(self):
@@ -179,13 +182,11 @@ class _Resident:
 class _Streamed:
     """Batches from an ``nnx.data.DataLoader`` (given by the user, or built for big data)."""
 
-    def __init__(self, loader, backend, dtype, kind, n_out, shuffle=None):
+    def __init__(self, loader, backend, dtype, kind, n_out):
         self.loader, self.backend, self.dtype, self.kind, self.n_out = (
             loader, backend, dtype, kind, n_out)
         self.n = len(loader.dataset)
         self.steps = len(loader)
-        if shuffle is not None:
-            loader.shuffle = bool(shuffle)
 
     def batches(self, shuffle=None):
         b, dt = self.backend, self.dtype
@@ -439,11 +440,13 @@ class _Setup:
         self.optimizer = optimizer
         self.metric_specs = metric_specs  # [(history name, spec)]
         self.batch_losses = None
-        self.steps = 0
 
 
 class TrainingMixin:
     """Keras's model API, mixed into ``nnx.nn.Sequential`` (see this module's docstring)."""
+
+    optimizer = None  # set by compile()
+    history = None  # the History of the last fit()
 
     # ------------------------------------------------------------------ building
     def add(self, layer):
@@ -475,6 +478,26 @@ class TrainingMixin:
         self.append(layer)
         object.__setattr__(self, "_keras", None)
         return self
+
+    def _build_pending(self):
+        """Give each unbuilt Dense (e.g. from ``Sequential(Dense(4, input_dim=2), Dense(1))``)
+        its input size from the layers before it, as ``add`` would have."""
+        from .nn.dense import Dense
+        from .nn.layers import Sequential
+
+        mods = list(self)
+        for i, m in enumerate(mods):
+            if isinstance(m, Dense) and not m.built:
+                head = Sequential(*mods[:i]) if i else None
+                prev = head._output_features() if head is not None else None
+                if prev is None:
+                    raise ValueError(f"Dense({m.units}) at position {i} has no input size and "
+                                     f"none can be inferred from the layers before it; give "
+                                     f"it input_dim=...")
+                p = next(iter(self.parameters()), None)
+                m.build(prev, device=p.device if p is not None else None,
+                        dtype=p.dtype if p is not None else None)
+                self.__dict__.pop("_fusion_plan", None)
 
     def _output_features(self):
         """The size of the model's last axis as far as the layers tell, or None."""
@@ -526,8 +549,8 @@ class TrainingMixin:
         ``predict`` still returns probabilities.
         """
         from . import optim
-        from .nn.module import Module
 
+        self._build_pending()
         params = list(self.parameters())
         if not params:
             raise ValueError("compile: the model has no parameters; add layers first")
@@ -541,7 +564,8 @@ class TrainingMixin:
         elif callable(loss):
             name = None
         else:
-            raise TypeError(f"compile: loss must be a name or a callable, got {type(loss).__name__}")
+            raise TypeError(f"compile: loss must be a name or a callable, got "
+                            f"{type(loss).__name__}")
 
         if optimizer is None:
             raise ValueError("compile: give an optimizer: 'sgd', 'adam' or an nnx.optim optimizer")
@@ -587,12 +611,8 @@ class TrainingMixin:
         st = _Setup(loss, name, opt, specs)
         self._metrics_for(st, self._logits_head(st)[1])  # validate metric/loss combinations now
         object.__setattr__(self, "_keras", st)
+        object.__setattr__(self, "optimizer", opt)
         return self
-
-    @property
-    def optimizer(self):
-        st = self.__dict__.get("_keras")
-        return st.optimizer if st is not None else None
 
     def _setup(self, what):
         st = self.__dict__.get("_keras")
@@ -688,8 +708,7 @@ class TrainingMixin:
             if y is not None:
                 raise ValueError(f"{what}: with a DataLoader as x, leave y out (the loader "
                                  f"yields (x, y) batches)")
-            return _Streamed(x, be, dt, kind, n_out,
-                             shuffle if what == "fit" else None)
+            return _Streamed(x, be, dt, kind, n_out)
         if y is None:
             raise ValueError(f"{what}: y (the targets) is missing")
         if be.name != "numpy" and _host_nbytes(x, y) > RESIDENT_BYTES:
@@ -719,8 +738,10 @@ class TrainingMixin:
 
         Args:
             x, y: features and targets: NumPy or CuPy arrays, nnx Tensors or lists; or an
-                ``nnx.data.DataLoader`` yielding ``(x, y)`` batches as ``x`` (``y`` left out).
-                Features are converted to the model's dtype; batches run on the model's device.
+                ``nnx.data.DataLoader`` yielding ``(x, y)`` batches as ``x`` (``y`` left out;
+                its own ``batch_size`` and ``shuffle`` then apply, as Keras ignores them for
+                datasets). Features are converted to the model's dtype; batches run on the
+                model's device.
             batch_size: samples per gradient step. Default: 32.
             epochs: index of the last epoch (``epochs - initial_epoch`` epochs run).
             verbose: 0 silent; 1 a progress bar per epoch (over batches) with the epoch's loss
@@ -789,10 +810,9 @@ class TrainingMixin:
         history = History()
         history.model = self
         keys = names + (["val_" + k for k in names] if val is not None else [])
-        divs = [train.n] * len(names) + ([val.n] * len(names) if val is not None else [])
         lists = [history.history.setdefault(k, []) for k in keys]
-        history.params = {"epochs": int(epochs), "steps": train.steps, "batch_size": int(batch_size),
-                          "samples": train.n, "verbose": verbose}
+        history.params = {"epochs": int(epochs), "steps": train.steps,
+                          "batch_size": int(batch_size), "samples": train.n, "verbose": verbose}
         cbs = list(callbacks or [])
         if terminate_on_nan and not any(isinstance(c, C.TerminateOnNaN) for c in cbs):
             cbs.insert(0, C.TerminateOnNaN())
@@ -807,7 +827,6 @@ class TrainingMixin:
         object.__setattr__(self, "history", history)
         object.__setattr__(self, "stop_training", False)
         object.__setattr__(self, "stop_reason", None)
-        st.steps = train.steps
 
         bar = None
         if verbose == 2 and epochs > initial_epoch:
@@ -830,8 +849,10 @@ class TrainingMixin:
                                      unit="batch")
                     losses = []
                     tot = 0.0
+                    seen = 0
                     msum = [0.0] * len(mfns)
                     for xb, yb, nb in train.batches(shuffle):
+                        seen += nb
                         out = xb
                         for f in steps:
                             out = f(out)
@@ -849,9 +870,15 @@ class TrainingMixin:
                         if ebar is not None:
                             ebar.update(1)
                     st.batch_losses = losses
+                    if not seen:
+                        raise ValueError("fit: the training data gave no batches (a DataLoader "
+                                         "with drop_last and fewer rows than batch_size?)")
                     sums = [tot] + msum
+                    divs = [seen] * len(sums)
                     if val is not None:
-                        sums += self._eval_sums(val, steps, lossf, mfns)
+                        vsums, vseen = self._eval_sums(val, steps, lossf, mfns)
+                        sums += vsums
+                        divs += [vseen] * len(vsums)
                     vals = _host_floats(be, sums)  # the epoch's one host sync
                     logs = {}
                     for k, v, d, lst in zip(keys, vals, divs, lists):
@@ -894,13 +921,14 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------ evaluate / predict
     def _eval_sums(self, src, steps, lossf, mfns):
-        """[sum of batch_loss * rows, metric sums...] over ``src``, on the device, no grad."""
+        """([sum of batch_loss * rows, metric sums...] on the device, rows seen), no grad."""
         was = self.training
         self.eval()
-        tot, msum = 0.0, [0.0] * len(mfns)
+        tot, msum, seen = 0.0, [0.0] * len(mfns), 0
         try:
             with _config.no_grad():
                 for xb, yb, nb in src.batches():
+                    seen += nb
                     out = xb
                     for f in steps:
                         out = f(out)
@@ -910,7 +938,7 @@ class TrainingMixin:
                         msum[i] = msum[i] + mf(od, td)
         finally:
             self.train(was)
-        return [tot] + msum
+        return [tot] + msum, seen
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, return_dict=False):
         """Loss and metrics on ``(x, y)`` (Keras's ``model.evaluate``), in evaluation mode.
@@ -926,11 +954,11 @@ class TrainingMixin:
         lossf = st.loss if st.loss_name is None else _loss_fn(st.loss_name, head)
         metrics = self._metrics_for(st, head)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            sums = self._eval_sums(src, steps, lossf, [f for _, f in metrics])
-            vals = [v / src.n for v in _host_floats(src.backend, sums)]
+            sums, seen = self._eval_sums(src, steps, lossf, [f for _, f in metrics])
+            vals = [v / max(seen, 1) for v in _host_floats(src.backend, sums)]
         names = ["loss"] + [label for label, _ in metrics]
         if verbose:
-            print(f"{src.n} samples - " + " - ".join(f"{k}: {v:.4f}" for k, v in zip(names, vals)))
+            print(f"{seen} samples - " + " - ".join(f"{k}: {v:.4f}" for k, v in zip(names, vals)))
         if return_dict:
             return dict(zip(names, vals))
         return vals if metrics else vals[0]

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(*args, timeout=300, cwd=None):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    extra = os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    env["PYTHONPATH"] = str(REPO) + extra
     env.pop("NNX_DEVICE", None)
     return subprocess.run([sys.executable, "-m", "nnx", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=cwd or REPO)

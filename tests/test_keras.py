@@ -81,6 +81,12 @@ def test_first_dense_without_input_dim_is_an_error_at_add():
         nn.Dense(2)(nnx.tensor([[1.0]]))
     with pytest.raises(TypeError):
         model.add("not a layer")
+    # layers built without add(): compile infers the missing input sizes
+    seq = nn.Sequential(nn.Dense(4, input_dim=3, activation="tanh"), nn.Dense(2))
+    seq.compile(loss="mse", optimizer="sgd")
+    assert seq[1].in_features == 4 and seq.predict(np.zeros((5, 3))).shape == (5, 2)
+    with pytest.raises(ValueError, match="position 0"):
+        nn.Sequential(nn.Dense(4)).compile(loss="mse", optimizer="sgd")
 
 
 @pytest.mark.parametrize("activation", ["linear", None, "sigmoid", "relu", "tanh", "leaky_relu",
@@ -154,7 +160,7 @@ def test_compile_and_fit_errors():
         model.fit(XOR_X, XOR_Y, verbose=0)
 
 
-# ============================================================================ fit / evaluate / predict
+# ============================================================================ fit, evaluate, predict
 def test_fit_evaluate_predict_on_device(device):
     nnx.set_device(device)
     nnx.manual_seed(0)
@@ -487,7 +493,7 @@ def test_inf_input_names_the_first_bad_batch(device):
     model.compile(optimizer="sgd", loss="binary_crossentropy")
     with pytest.warns(RuntimeWarning, match=r"epoch 1/3, batch 5/5"):
         h = model.fit(x, y, epochs=3, batch_size=8, verbose=0, shuffle=False)
-    assert h.stopped_epoch == 0 and h.nan_batch == 4 if hasattr(h, "nan_batch") else True
+    assert h.stopped_epoch == 0 and h.nan_batch == 4
     # without TerminateOnNaN training runs on, silently
     model2 = mlp(4, 8, 1, "sigmoid")
     model2.compile(optimizer="sgd", loss="binary_crossentropy")

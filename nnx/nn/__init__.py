@@ -6,6 +6,6 @@ from .dense import Dense
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Module, Parameter
 
-__all__ = ["init", "Module", "Parameter", "Sequential", "Linear", "Dense", "Sigmoid", "Tanh", "ReLU",
-           "LeakyReLU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Identity", "MSELoss",
+__all__ = ["init", "Module", "Parameter", "Sequential", "Linear", "Dense", "Sigmoid", "Tanh",
+           "ReLU", "LeakyReLU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Identity", "MSELoss",
            "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss"]

@@ -113,6 +113,7 @@ class Dense(Linear):
         from ..tensor import _wrap
 
         self.in_features = int(in_features)
+        self._label = f"Dense({self.in_features} -> {self.units})"  # for error messages
         self.weight = Parameter(_wrap(b.xp.empty((self.units, self.in_features), dtype=dt), b))
         if self.use_bias:
             self.bias = Parameter(_wrap(b.xp.empty((self.units,), dtype=dt), b))
@@ -133,8 +134,7 @@ class Dense(Linear):
         p = self._parameters
         if p.get("weight") is None:
             raise self._unbuilt()
-        return F.linear(x, p["weight"], p["bias"], "linear", 0.01,
-                        f"Dense({self.in_features} -> {self.units})")
+        return F.linear(x, p["weight"], p["bias"], "linear", 0.01, self._label)
 
     def forward(self, x):
         p = self._parameters
@@ -143,9 +143,8 @@ class Dense(Linear):
             raise self._unbuilt()
         act = self._act_name
         if act in _FUSED:
-            return F.linear(x, w, p["bias"], act, self._slope,
-                            f"Dense({self.in_features} -> {self.units})")
-        y = F.linear(x, w, p["bias"], "linear", 0.01, f"Dense({self.in_features} -> {self.units})")
+            return F.linear(x, w, p["bias"], act, self._slope, self._label)
+        y = F.linear(x, w, p["bias"], "linear", 0.01, self._label)
         if act == "softmax":
             return F.softmax(y, axis=-1)
         return self._modules["activation_module"](y)
