@@ -175,7 +175,11 @@ def load(path):
                                           f"version); was it written by nnx.save?")
                 arrays = {}
                 for n in names:
-                    arrays[n] = z[n]
+                    a = z[n]
+                    if a.dtype.kind not in "biufcSU":  # nnx.save writes no others (records, dates)
+                        raise CheckpointError(f"nnx.load: {path!r} holds array {n!r} of dtype "
+                                              f"{a.dtype}, which nnx checkpoints never contain")
+                    arrays[n] = a
     except CheckpointError:
         raise
     except ValueError as e:
@@ -204,7 +208,8 @@ def load(path):
         obj = _decode(tree, arrays, used)
     except CheckpointError as e:
         raise CheckpointError(f"nnx.load: {path!r}: {e}") from None
-    except (ValueError, TypeError, RecursionError, UnicodeDecodeError, AttributeError) as e:
+    except (ValueError, TypeError, RecursionError, UnicodeDecodeError, AttributeError,
+            OverflowError) as e:  # OverflowError: {"int": 1e400} decodes to int(inf)
         raise CheckpointError(f"nnx.load: {path!r} has corrupt metadata ({type(e).__name__}: {e})") from None
     extra = set(arrays) - used
     if extra:
