@@ -848,6 +848,7 @@ class TrainingMixin:
                         ebar = _tqdm(total=train.steps, desc=f"Epoch {epoch + 1}/{epochs}",
                                      unit="batch")
                     losses = []
+                    checks = []
                     tot = 0.0
                     seen = 0
                     msum = [0.0] * len(mfns)
@@ -862,6 +863,8 @@ class TrainingMixin:
                         step()
                         ld = loss.data
                         losses.append(ld)
+                        if loss._checks:  # a device-side input check: read at the epoch's sync
+                            checks += loss._checks
                         tot = tot + ld * nb
                         if mfns:
                             od, td = out.data, yb.data
@@ -876,10 +879,11 @@ class TrainingMixin:
                     sums = [tot] + msum
                     divs = [seen] * len(sums)
                     if val is not None:
-                        vsums, vseen = self._eval_sums(val, steps, lossf, mfns)
+                        vsums, vseen, vchecks = self._eval_sums(val, steps, lossf, mfns)
                         sums += vsums
                         divs += [vseen] * len(vsums)
-                    vals = _host_floats(be, sums)  # the epoch's one host sync
+                        checks += vchecks
+                    vals = _host_floats(be, sums, checks)  # the epoch's one host sync
                     logs = {}
                     for k, v, d, lst in zip(keys, vals, divs, lists):
                         v /= d
@@ -924,7 +928,7 @@ class TrainingMixin:
         """([sum of batch_loss * rows, metric sums...] on the device, rows seen), no grad."""
         was = self.training
         self.eval()
-        tot, msum, seen = 0.0, [0.0] * len(mfns), 0
+        tot, msum, seen, checks = 0.0, [0.0] * len(mfns), 0, []
         try:
             with _config.no_grad():
                 for xb, yb, nb in src.batches():
@@ -932,13 +936,16 @@ class TrainingMixin:
                     out = xb
                     for f in steps:
                         out = f(out)
-                    tot = tot + lossf(out, yb).data * nb
+                    loss = lossf(out, yb)
+                    if loss._checks:
+                        checks += loss._checks
+                    tot = tot + loss.data * nb
                     od, td = out.data, yb.data
                     for i, mf in enumerate(mfns):
                         msum[i] = msum[i] + mf(od, td)
         finally:
             self.train(was)
-        return [tot] + msum, seen
+        return [tot] + msum, seen, checks
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, return_dict=False):
         """Loss and metrics on ``(x, y)`` (Keras's ``model.evaluate``), in evaluation mode.
@@ -954,8 +961,8 @@ class TrainingMixin:
         lossf = st.loss if st.loss_name is None else _loss_fn(st.loss_name, head)
         metrics = self._metrics_for(st, head)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            sums, seen = self._eval_sums(src, steps, lossf, [f for _, f in metrics])
-            vals = [v / max(seen, 1) for v in _host_floats(src.backend, sums)]
+            sums, seen, checks = self._eval_sums(src, steps, lossf, [f for _, f in metrics])
+            vals = [v / max(seen, 1) for v in _host_floats(src.backend, sums, checks)]
         names = ["loss"] + [label for label, _ in metrics]
         if verbose:
             print(f"{seen} samples - " + " - ".join(f"{k}: {v:.4f}" for k, v in zip(names, vals)))
@@ -1157,13 +1164,20 @@ def _split_last(x, y, fraction):
     return x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
 
 
-def _host_floats(be, arrays):
-    """Python floats of device scalars, in one device-to-host transfer."""
-    if be.name == "numpy":
+def _host_floats(be, arrays, checks=()):
+    """Python floats of device scalars, in one device-to-host transfer. ``checks`` are the
+    deferred input checks of the losses (``(device flag, make_error)``, e.g. labels out of
+    range on a GPU): their flags travel in the same transfer, and the first set one raises."""
+    if be.name == "numpy":  # NumPy losses check their inputs at once: checks is empty
         return [float(a) for a in arrays]
     xp = be.xp
     dev = [xp.asarray(a, dtype=xp.float64).reshape(()) for a in arrays]
-    return [float(v) for v in be.to_host(xp.stack(dev))]
+    dev += [xp.asarray(flag, dtype=xp.float64).reshape(()) for flag, _ in checks]
+    host = [float(v) for v in be.to_host(xp.stack(dev))]
+    for (_, make_error), flag in zip(checks, host[len(arrays):]):
+        if flag:
+            raise make_error()
+    return host[:len(arrays)]
 
 
 def _fmt(logs):

@@ -622,3 +622,27 @@ def test_summary_and_config_round_trip(tmp_path, capsys):
 class _Custom(nn.Module):
     def forward(self, x):
         return x
+
+
+def test_deferred_device_input_checks_raise_at_the_epoch_sync():
+    """On a device backend a loss checks its inputs without a sync (a flag on the device);
+    fit reads those flags in the epoch's one transfer and raises the loss's own error."""
+    from backends import strict_backend as sb
+
+    backends.register_strict()
+    nnx.set_device("strict")
+    try:
+        nnx.manual_seed(0)
+        x, y = blobs(24, classes=2)
+        model = nn.Sequential()
+        model.add(nn.Dense(1, input_dim=4))  # no sigmoid: outputs are not probabilities
+        model.compile(optimizer="sgd", loss=nn.BCELoss())
+        sb.reset_sync_count()
+        with pytest.raises(ValueError, match="probabilities"):
+            model.fit(x * 10, y, epochs=2, batch_size=8, verbose=0)
+        # the first sync is the epoch's transfer (the error message then reads the range)
+        assert [w for w, _ in sb.sync_counts["where"]][0] == "to_host()"
+        with pytest.raises(ValueError, match="probabilities"):
+            model.evaluate(x * 10, y)
+    finally:
+        nnx.set_device("cpu")
