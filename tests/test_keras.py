@@ -637,12 +637,12 @@ def test_deferred_device_input_checks_raise_at_the_epoch_sync():
         model = nn.Sequential()
         model.add(nn.Dense(1, input_dim=4))  # no sigmoid: outputs are not probabilities
         model.compile(optimizer="sgd", loss=nn.BCELoss())
+        with pytest.raises(ValueError, match="probabilities"):
+            model.evaluate(x * 10, y)
         sb.reset_sync_count()
         with pytest.raises(ValueError, match="probabilities"):
             model.fit(x * 10, y, epochs=2, batch_size=8, verbose=0)
         # the first sync is the epoch's transfer (the error message then reads the range)
         assert [w for w, _ in sb.sync_counts["where"]][0] == "to_host()"
-        with pytest.raises(ValueError, match="probabilities"):
-            model.evaluate(x * 10, y)
     finally:
         nnx.set_device("cpu")
