@@ -105,7 +105,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def relu_bwd(self, y, gy, out=None):
-        """gx = gy where y > 0 else 0 (also for a non-finite gy; the gradient at exactly 0 is 0).
+        """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0). Where y <= 0 and gy is
+        not finite, the CUDA kernel gives 0 (as PyTorch) and the NumPy twin NaN (gy * 0).
 
         ``y`` may be x or relu(x).
         """
