@@ -199,6 +199,9 @@ def test_dense_shape_mismatch_names_the_layer():
     msg = str(info.value)
     assert "Dense" in msg and "(32, 100)" in msg and "784" in msg, msg
     assert isinstance(info.value, ValueError)
+    with pytest.raises(nnx.DTypeError) as info:
+        layer(_r(32, 784, dtype="float64"))
+    assert "Dense" in str(info.value) and "float64" in str(info.value)
 
 
 # ---------------------------------------------------------------------- empty batch: Linear
