@@ -247,13 +247,6 @@ def test_cuda_requested_without_gpu_names_the_reason(thunk):
     assert nnx.get_device() == "cpu"  # a failed set_device changes nothing
 
 
-def test_auto_device_falls_back_to_cpu_without_error():
-    nnx.set_device("auto")
-    assert nnx.get_device() in ("cpu", "cuda:0")
-    if not CUDA_OK:
-        assert nnx.get_device() == "cpu"
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_OK, reason=f"no usable CUDA device: {CUDA_WHY}")
 @pytest.mark.parametrize("thunk, words", [
