@@ -101,7 +101,7 @@ def _top_others(before: Dict[int, tuple], elapsed: float, n: int = 3) -> List[Di
 def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: int,
                  rounds: int, block_s: float, budget_s: float, max_wait: Optional[float],
                  probe: timing.LoadProbe, log, warmup_min_steps: int = 2,
-                 min_rounds: int = 3) -> Dict[str, object]:
+                 min_rounds: int = 3, abort_if_noisy: Optional[int] = None) -> Dict[str, object]:
     """Build every contender, time them interleaved, and derive the per-contender figures.
 
     ``max_wait``: seconds to wait for a quiet machine first (None: no wait; the caller did).
@@ -144,7 +144,8 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
         res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
                                 budget_s=budget_s - (time.perf_counter() - t_begin),
                                 probe=probe, warmup_s=min(0.2, block_s * 4),
-                                warmup_min_steps=warmup_min_steps, min_rounds=min_rounds)
+                                warmup_min_steps=warmup_min_steps, min_rounds=min_rounds,
+                                abort_if_noisy=abort_if_noisy)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
@@ -284,8 +285,11 @@ def main(argv=None) -> int:
         for th in threads_list:
             log(f"{w.key} {w.name}: {th} thread(s) [{why}], up to {rounds} rounds, "
                 f"budget {budget / len(threads_list):.0f} s")
+            # auto mode: give up on a multi-thread run whose first rounds are all noisy
+            abort = 2 if (plan_mode == "auto" and th > 1) else None
             e = run_workload(w, devices, names, th, rounds, block_s, budget / len(threads_list),
-                             wait, probe, log, warmup_min_steps=min_steps, min_rounds=min_rounds)
+                             wait, probe, log, warmup_min_steps=min_steps, min_rounds=min_rounds,
+                             abort_if_noisy=abort)
             e["thread_choice"] = why
             entries.append(e)
             _log_entry(log, e)
@@ -299,14 +303,17 @@ def main(argv=None) -> int:
             pref = single if noisy else multi
             pref["preference_reason"] = ("multi-thread rounds were noisy" if noisy else
                                          "multi-thread rounds were quiet")
-        elif plan_mode == "auto" and entries[0]["threads"] > 1 and \
-                entries[0]["timing"].get("used_noisy_rounds"):
+        elif plan_mode == "auto" and entries[0]["threads"] > 1 and (
+                entries[0]["timing"].get("used_noisy_rounds")
+                or entries[0]["timing"].get("aborted")):
             spent = time.perf_counter() - t_w
-            if not timed_quick or spent < 0.5 * budget:
+            if not timed_quick or spent < 0.6 * budget or entries[0]["timing"].get("aborted"):
                 log(f"{w.key}: {ncpu}-thread rounds were noisy; rerunning at 1 thread")
-                e = run_workload(w, devices, names, 1, rounds, block_s, budget - spent, None,
-                                 probe, log, warmup_min_steps=min_steps, min_rounds=min_rounds)
+                e = run_workload(w, devices, names, 1, rounds, block_s,
+                                 max(budget - spent, 0.4 * budget), None, probe, log,
+                                 warmup_min_steps=min_steps, min_rounds=min_rounds)
                 e["thread_choice"] = "rerun at 1 thread: multi-thread rounds were noisy"
+                e["preference_reason"] = f"{ncpu}-thread rounds were noisy"
                 entries.append(e)
                 _log_entry(log, e)
                 pref = e

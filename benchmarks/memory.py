@@ -5,14 +5,20 @@ process of its own that imports only what it needs: ``python -m benchmarks.memor
 --contender nnx``.  The child reports, as one JSON line:
 
 * ``rss_import``: RSS after the imports, before data and model exist (the interpreter baseline);
-* ``peak_rss``: peak RSS (``VmHWM``) after a warm-up step and ``steps`` more (before
-  tracemalloc starts);
+* ``peak_rss``: peak RSS (``VmHWM``) while training: reset after the model, optimizer and data
+  are built (``/proc/self/clear_refs``), read after a warm-up step and ``steps`` more (before
+  tracemalloc starts); ``peak_build_rss`` is the peak up to the end of the build (it includes
+  the host copy of the initial parameters every contender is loaded from);
 * ``rss_growth_per_step``: RSS change per step over the last traced stretch (all allocators);
 * ``traced_growth_per_step``: ``tracemalloc`` growth of live allocations per step after warm-up
   and ``traced_steps`` traced steps (NumPy buffers are traced; torch's C++ allocator is not, so
   it is None there); ``traced_growth_first_steps`` is the same over the first traced steps;
 * ``traced_transient_per_step``: tracemalloc peak during a step above the live size before it,
-  i.e. the temporaries a step allocates and frees.
+  i.e. the temporaries a step allocates and frees;
+* ``cyclic_garbage_*_per_step``: what ``gc.collect()`` frees after the traced steps (objects in
+  reference cycles: freed only when the cycle collector runs, so they raise the peak).
+
+Live sizes are taken after ``gc.collect()``, so pending cyclic garbage is not counted as growth.
 """
 from __future__ import annotations
 
@@ -55,6 +61,16 @@ def _maxrss() -> int:
     return v if sys.platform == "darwin" else v * 1024
 
 
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def child(workload: str, contender: str, device: str, threads: int, steps: int,
           traced_steps: int) -> Dict[str, object]:
     __import__("numpy")  # every contender needs it: counted in the baseline
@@ -79,6 +95,9 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
     c.set_threads(threads)
     c.activate()
     rss_built = _rss()
+    peak_build = _maxrss()
+    # the training peak: from here on (building the model is reported apart, as peak_build_rss)
+    reset = _reset_peak()
     c.step()  # warm-up: first-step allocations
     c.sync()
     t0 = time.perf_counter()
@@ -98,13 +117,18 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
     for _ in range(traced_steps):
         c.step()
     c.sync()
-    cur1, peak1 = tracemalloc.get_traced_memory()
+    cur1_raw, peak1 = tracemalloc.get_traced_memory()
+    # objects only the cycle collector frees (a graph with reference cycles): they stay
+    # allocated until a collection runs, raising the peak
+    cyclic = gc.collect()
+    cur1, _ = tracemalloc.get_traced_memory()
     # a second stretch: one-off growth (a cache filled on the first traced steps) shows in the
     # first difference only; a leak shows in both
     rss_a = _rss()
     for _ in range(traced_steps):
         c.step()
     c.sync()
+    gc.collect()
     cur2, _ = tracemalloc.get_traced_memory()
     rss_growth = (_rss() - rss_a) / traced_steps
     tracemalloc.stop()
@@ -113,10 +137,13 @@ def child(workload: str, contender: str, device: str, threads: int, steps: int,
         "workload": w.key, "contender": f"{contender}-{device}", "threads": threads,
         "rss_import": rss_import, "rss_built": rss_built,
         "peak_rss": peak, "peak_above_import": peak - rss_import,
+        "peak_build_rss": peak_build, "peak_is_training_only": reset,
         "rss_growth_per_step": rss_growth,
         "traced_growth_per_step": (cur2 - cur1) / traced_steps if traced else None,
         "traced_growth_first_steps": (cur1 - cur0) / traced_steps if traced else None,
         "traced_transient_per_step": (peak1 - cur0) if traced else None,
+        "cyclic_garbage_bytes_per_step": (cur1_raw - cur1) / traced_steps if traced else None,
+        "cyclic_garbage_objects_per_step": cyclic / traced_steps,
         "step_s_untimed_note": step_s,
         "param_bytes": 4 * w.n_params,
     }

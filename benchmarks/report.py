@@ -62,7 +62,7 @@ def check_memory_bars(mem: List[Dict[str, object]]) -> List[Dict[str, object]]:
         fl = by.get((wk, f"floor-{dev}"))
         if fl and dev == "cpu" and wk == "C":
             r = m["peak_rss"] / fl["peak_rss"]
-            bars.append({"what": f"{wk}: peak RSS nnx-cpu / floor-cpu", "value": r,
+            bars.append({"what": f"{wk}: training peak RSS nnx-cpu / floor-cpu", "value": r,
                          "limit": 1.25, "ok": r <= 1.25})
         g = m.get("traced_growth_per_step")
         if g is not None:
@@ -120,8 +120,11 @@ def main_table(result: Dict[str, object]) -> str:
 def memory_table(mem: List[Dict[str, object]], bars: List[Dict[str, object]]) -> str:
     if not mem:
         return ""
-    lines = [f"{'memory':<8}{'contender':<12}{'peak RSS':>10} {'above import':>13} "
-             f"{'params':>8} {'live growth/step':>17} {'temporaries/step':>17}"]
+    lines = ["memory (one fresh process per contender): peak RSS while training (reset after the "
+             "build), the build's own peak, live growth and temporaries per step (tracemalloc)",
+             f"{'memory':<8}{'contender':<12}{'train peak':>11} {'above import':>13} "
+             f"{'build peak':>11} {'params':>7} {'live growth/step':>17} "
+             f"{'temporaries/step':>17} {'gc cycles/step':>15}"]
     for m in mem:
         if "peak_rss" not in m:
             lines.append(f"{m.get('workload', '?'):<8}{m.get('contender', '?'):<12}  "
@@ -129,10 +132,14 @@ def memory_table(mem: List[Dict[str, object]], bars: List[Dict[str, object]]) ->
             continue
         g = m.get("traced_growth_per_step")
         t = m.get("traced_transient_per_step")
-        lines.append(f"{m['workload']:<8}{m['contender']:<12}{m['peak_rss'] / 2**20:8.0f}MB "
-                     f"{m['peak_above_import'] / 2**20:11.0f}MB {m['param_bytes'] / 2**20:6.0f}MB "
+        n = m.get("cyclic_garbage_objects_per_step")
+        lines.append(f"{m['workload']:<8}{m['contender']:<12}{m['peak_rss'] / 2**20:9.0f}MB "
+                     f"{m['peak_above_import'] / 2**20:11.0f}MB "
+                     f"{m.get('peak_build_rss', 0) / 2**20:9.0f}MB "
+                     f"{m['param_bytes'] / 2**20:5.0f}MB "
                      f"{'n/a (untraced)' if g is None else f'{g:,.0f} B':>17} "
-                     f"{'n/a' if t is None else f'{t / 2**20:,.1f} MB':>17}")
+                     f"{'n/a' if t is None else f'{t / 2**20:,.1f} MB':>17} "
+                     f"{'n/a' if n is None else f'{n:,.0f} obj':>15}")
     for b in bars:
         lines.append(f"  {'ok' if b['ok'] else 'MISS'}: {b['what']} = {b['value']:.3g} "
                      f"(limit {b['limit']:.3g})")

@@ -134,7 +134,7 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
                max_extra: Optional[int] = None, outlier: float = 1.6,
                budget_s: Optional[float] = None, probe: Optional[LoadProbe] = None,
                warmup_s: float = 0.2, warmup_min_steps: int = 2,
-               min_rounds: int = 3) -> Dict[str, object]:
+               min_rounds: int = 3, abort_if_noisy: Optional[int] = None) -> Dict[str, object]:
     """Time ``entries`` in interleaved rounds; return per-entry samples and summary medians.
 
     Args:
@@ -147,6 +147,8 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
         budget_s: stop starting rounds when this many seconds (warm-up included) have passed
             and starting another would overrun it (at least ``min_rounds`` rounds run).
         warmup_s, warmup_min_steps: untimed warm-up per entry (see :func:`warm_up`).
+        abort_if_noisy: stop after this many rounds if every one of them was noisy (the caller
+            then measures at fewer threads); the result has ``aborted: True``.
     """
     probe = probe or LoadProbe()
     max_extra = rounds if max_extra is None else max_extra
@@ -159,7 +161,11 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
     loads: List[Dict[str, float]] = []
     noisy: List[bool] = []
     r = 0
+    aborted = False
     while True:
+        if abort_if_noisy is not None and r >= abort_if_noisy and all(noisy):
+            aborted = True
+            break
         n_quiet = noisy.count(False)
         if n_quiet >= rounds or r >= rounds + max_extra:
             break
@@ -198,9 +204,10 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
         loads.append(round_load)
         noisy.append(is_noisy)
         r += 1
-    return summarize(samples, noisy, loads, threads=threads, threshold=thr,
-                     ks={e.label: e.k for e in entries},
-                     elapsed=time.perf_counter() - t_start)
+    out = summarize(samples, noisy, loads, threads=threads, threshold=thr,
+                    ks={e.label: e.k for e in entries}, elapsed=time.perf_counter() - t_start)
+    out["aborted"] = aborted
+    return out
 
 
 def summarize(samples: Dict[str, List[float]], noisy: List[bool], loads, threads: int,

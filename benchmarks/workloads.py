@@ -96,9 +96,12 @@ def init_params(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for i, (fan_in, fan_out) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
-        bound = 1.0 / np.sqrt(fan_in)
-        out[f"{2 * i}.weight"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
-        out[f"{2 * i}.bias"] = rng.uniform(-bound, bound, (fan_out,)).astype(np.float32)
+        bound = np.float32(1.0 / np.sqrt(fan_in))
+        for key, shape in ((f"{2 * i}.weight", (fan_out, fan_in)), (f"{2 * i}.bias", (fan_out,))):
+            a = rng.random(shape, dtype=np.float32)  # float32 throughout: no float64 temporaries
+            a *= 2 * bound
+            a -= bound
+            out[key] = a
     return out
 
 

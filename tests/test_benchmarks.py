@@ -275,7 +275,7 @@ def test_check_bars():
             "traced_growth_per_step": 10 ** 6}]
     mb = {b["what"].split(":")[1].strip().split(" ")[0]: b["ok"]
           for b in report.check_memory_bars(mem)}
-    assert mb == {"peak": False, "nnx-cpu": False}
+    assert mb == {"training": False, "nnx-cpu": False}
 
 
 def test_memory_child_reports_peak_and_growth():
