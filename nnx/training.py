@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 
 import numpy as np
 
