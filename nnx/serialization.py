@@ -165,6 +165,15 @@ def load(path):
         # NOTE: we open the file ourselves: np.load(path) leaks its file handle when the zip
         # directory is corrupt (it hands the handle to NpzFile, whose constructor then raises).
         with open(path, "rb") as fh:
+            head = fh.read(6)
+            fh.seek(0)
+            if head.startswith(b"\x93NUMPY"):
+                raise CheckpointError(f"nnx.load: {path!r} is a single .npy array, not an nnx "
+                                      f"checkpoint (.npz written by nnx.save)")
+            if not head.startswith(b"PK"):
+                what = "an empty file" if not head else "not a .npz (zip) archive"
+                raise CheckpointError(f"nnx.load: {path!r} is not an nnx checkpoint: {what} "
+                                      f"(corrupt, truncated, or another format)")
             z = np.load(fh, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"nnx.load: {path!r} is a single .npy array, not an nnx checkpoint")

@@ -338,12 +338,17 @@ def test_fuzz_mutated_pickle_bomb_never_runs(tmp_path, bomb_file, edits):
 
 
 _KEYS = ["array", "bool", "int", "float", "str", "none", "dict", "list", "tuple", "ordered"]
+def _json_containers(inner):
+    # a named function, not a lambda: hypothesis inspects its source to see that it recurses,
+    # and a lambda's source is not always recoverable (a HypothesisDeprecationWarning then)
+    return st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_KEYS + ["x"]), inner,
+                                                         max_size=3)
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4)
     | st.sampled_from(_KEYS + ["a0", "a1", "nan", "-inf", "1e999"]),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(_KEYS + ["x"]), inner, max_size=3),
-    max_leaves=16)
+    _json_containers, max_leaves=16)
 
 
 @FUZZ
