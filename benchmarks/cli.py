@@ -138,7 +138,7 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
         entry["pre_wait"] = timing.wait_for_quiet(probe, threads, max_wait)
     before = _proc_cpu_snapshot()
     t0 = time.perf_counter()
-    ents = [timing.Entry(c.label, c.step, c.sync, c.activate) for c in built]
+    ents = [timing.Entry(c.label, c.step, c.sync, c.activate, pool=_pool(c)) for c in built]
     limiter = _blas_limit(threads)
     try:
         res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
@@ -179,6 +179,13 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
     del built, ents
     gc.collect()
     return entry
+
+
+def _pool(c) -> Optional[str]:
+    """The CPU thread pool a contender's step runs on (None: device work)."""
+    if c.device != "cpu":
+        return None
+    return "torch" if c.name == "torch" else "openblas"
 
 
 def _blas_limit(threads: int):

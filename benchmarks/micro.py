@@ -209,7 +209,9 @@ def run(device: str = "cpu", quick: bool = True, threads: int = 1, rounds: Optio
                 continue
             share = max(0.1, left / (len(cases) - i))
         fns = _variants(kernel, shape, be, xp, torch, device)
-        ents = [timing.Entry(name, fn, sync) for name, fn in fns.items()]
+        ents = [timing.Entry(name, fn, sync, pool=None if device != "cpu" else
+                             ("torch" if name == "torch" else "openblas"))
+                for name, fn in fns.items()]
         res = timing.interleave(ents, rounds=rounds, block_s=block_s, threads=threads,
                                 max_extra=rounds, warmup_s=0.05, budget_s=share,
                                 min_rounds=1 if share is not None else 2)

@@ -100,13 +100,38 @@ def wait_for_quiet(probe: LoadProbe, threads: int, max_wait_s: float,
 
 @dataclasses.dataclass
 class Entry:
-    """One timed thing: ``step`` is called ``k`` times per block, then ``sync`` once."""
+    """One timed thing: ``step`` is called ``k`` times per block, then ``sync`` once.
+
+    ``pool`` names the CPU thread pool the step runs on (``"openblas"`` for NumPy code,
+    ``"torch"``, or None for device work): see :func:`settle`.
+    """
     label: str
     step: Callable[[], None]
     sync: Callable[[], None] = lambda: None
     activate: Callable[[], None] = lambda: None
     k: int = 1
     est: float = 0.0  # estimated seconds per step (from the warm-up)
+    pool: Optional[str] = None
+
+
+def settle(max_s: float = 0.4, slice_s: float = 0.005, idle_cores: float = 0.05) -> float:
+    """Sleep until this process's worker threads stop spinning; return the seconds waited.
+
+    After a parallel region, OpenBLAS workers busy-wait (with ``sched_yield``) for ~2^28
+    cycles, about 0.1 s here, before they sleep. On a 2-core machine that spinner takes a core
+    from the *next* block if it belongs to another thread pool: PyTorch B at 2 threads measured
+    3.8 ms/step right after a NumPy block against 1.9 ms after a 0.15 s pause (the NumPy floor
+    was 1.6 ms either way). So before a block whose pool differs from the previous block's, wait
+    until our own CPU use, with the main thread asleep, falls under ``idle_cores``.
+    """
+    t_start = t0 = time.perf_counter()
+    c0 = time.process_time()
+    while True:
+        time.sleep(slice_s)
+        t1, c1 = time.perf_counter(), time.process_time()
+        if (c1 - c0) / max(t1 - t0, 1e-9) < idle_cores or t1 - t_start > max_s:
+            return t1 - t_start
+        t0, c0 = t1, c1
 
 
 def warm_up(e: Entry, min_steps: int = 2, seconds: float = 0.2, max_steps: int = 100000) -> float:
@@ -154,8 +179,15 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
     max_extra = rounds if max_extra is None else max_extra
     thr = busy_threshold(threads)
     t_start = time.perf_counter()
+    pools = {e.pool for e in entries if e.pool}
+    must_settle = threads > 1 and len(pools) > 1
+    prev_pool = None
+    settled = 0.0
     for e in entries:
+        if must_settle and e.pool and e.pool != prev_pool:
+            settled += settle()
         warm_up(e, min_steps=warmup_min_steps, seconds=warmup_s)
+        prev_pool = e.pool
         e.k = max(1, int(round(block_s / max(e.est, 1e-9))))
     samples: Dict[str, List[float]] = {e.label: [] for e in entries}
     loads: List[Dict[str, float]] = []
@@ -180,6 +212,9 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
         block_times = {}
         for e in order:
             e.activate()
+            if must_settle and e.pool and e.pool != prev_pool:
+                settled += settle()
+            prev_pool = e.pool
             a = probe.snap()
             t0 = time.perf_counter()
             step = e.step
@@ -207,6 +242,7 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
     out = summarize(samples, noisy, loads, threads=threads, threshold=thr,
                     ks={e.label: e.k for e in entries}, elapsed=time.perf_counter() - t_start)
     out["aborted"] = aborted
+    out["settle_s"] = settled
     return out
 
 

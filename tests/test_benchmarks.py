@@ -230,6 +230,22 @@ def test_busy_threshold():
     assert timing.busy_threshold(1, ncpu=2) > 0.9
 
 
+def test_settle_returns_when_idle():
+    waited = timing.settle(max_s=0.5)
+    assert 0 < waited <= 0.6
+
+
+def test_interleave_settles_between_thread_pools():
+    res = timing.interleave([timing.Entry("a", lambda: None, pool="openblas"),
+                             timing.Entry("b", lambda: None, pool="torch")], rounds=2,
+                            block_s=0.001, threads=2, max_extra=0, warmup_s=0.001)
+    assert res["settle_s"] > 0
+    res = timing.interleave([timing.Entry("a", lambda: None, pool="openblas"),
+                             timing.Entry("b", lambda: None, pool="torch")], rounds=2,
+                            block_s=0.001, threads=1, max_extra=0, warmup_s=0.001)
+    assert res["settle_s"] == 0
+
+
 def test_interleave_pairs_and_summary():
     calls = []
 
