@@ -84,7 +84,8 @@ def main_table(result: Dict[str, object]) -> str:
     lines = [head, "ratios are medians of per-round paired ratios (same run, interleaved); "
                    "'*' marks the preferred thread count per workload"]
     hdr = (f"{'workload':<24}{'contender':<12}{'thr':>4} {'time/step':>12} {'samples/s':>11} "
-           f"{'GFLOP/s':>8} {'%GEMM':>6} {'xfloor':>6} {'xtorch':>6} {'load':>5} {'noisy':>6}  bars")
+           f"{'GFLOP/s':>8} {'%GEMM':>6} {'xfloor':>6} {'xtorch':>6} {'load':>5} {'wait':>5} "
+           f"{'noisy':>6}  bars")
     lines += [hdr, "-" * len(hdr)]
     for e in result["workloads"]:
         w = W.get(e["key"])
@@ -99,6 +100,8 @@ def main_table(result: Dict[str, object]) -> str:
             share = (f"{100 * c['gemm_share']:5.0f}%" if c.get("gemm_share") is not None
                      else f"{'-':>6}")
             load = f"{e['timing']['load_median']:5.2f}" if first else " " * 5
+            wait = (f"{100 * e['timing'].get('pressure_median', 0.0):4.0f}%" if first
+                    else " " * 5)
             noisy = (f"{e['timing']['noisy_rounds']:>2}/{e['timing']['rounds']:<3}" if first
                      else " " * 6)
             bar_txt = ", ".join(
@@ -108,12 +111,13 @@ def main_table(result: Dict[str, object]) -> str:
             lines.append(f"{name:<24}{label:<12}{thr:>4} {_fmt_time(c['time_s'], w.unit):>12} "
                          f"{c['samples_per_s']:11,.0f} {gf} {share} "
                          f"{_fmt_ratio(c.get('vs_floor')):>6} {_fmt_ratio(c.get('vs_torch')):>6} "
-                         f"{load} {noisy}  {bar_txt}")
+                         f"{load} {wait} {noisy}  {bar_txt}")
             first = False
         for label, why in e.get("skipped", {}).items():
             lines.append(f"{'':<24}{label:<12}  skipped: {why}")
-    lines.append("load: median foreign CPU load (cores: other processes + hypervisor steal) "
-                 "per round; noisy: rounds over the threshold or stalled (repeated/dropped)")
+    lines.append("load: median foreign CPU load per round (cores: other processes + hypervisor "
+                 "steal); wait: median share of time some task waited for a CPU (PSI); noisy: "
+                 "rounds flagged (contention or a stall), repeated and left out of the medians")
     return "\n".join(lines)
 
 
@@ -225,6 +229,8 @@ def write_plot(result: Dict[str, object], path: str) -> Optional[str]:
     ax.set_xticklabels([f"{e['key']} {e['name']}\n({e['threads']} thr)" for e in entries],
                        fontsize=8)
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 4)  # room for the value labels
     ax.set_ylabel("samples / s (higher is better)")
     m = result["machine"]
     ax.set_title(f"nnx benchmark, {m['host_kind']} ({m['cpu']['model']}"

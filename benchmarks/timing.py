@@ -10,12 +10,16 @@ Each block records the CPU load that was not ours while it ran:
 
 * ``other``: CPU-seconds per second spent by other processes in this machine (``/proc/stat``
   busy time minus this process's CPU time, all threads, ``time.process_time``);
-* ``steal``: CPU-seconds per second the hypervisor gave to other guests (``/proc/stat`` steal).
+* ``steal``: CPU-seconds per second the hypervisor gave to other guests (``/proc/stat`` steal);
+* ``pressure``: the share of the time some runnable task waited for a CPU (PSI,
+  ``/proc/pressure/cpu``, microsecond resolution), where the kernel has it.
 
-A round is *noisy* when a block saw more foreign load than the cores we did not ask for can
-absorb, or when a block ran far slower than that contender's median (a stall the counters did
-not see).  Noisy rounds are repeated (up to ``max_extra`` more rounds) and left out of the
-medians when enough quiet rounds remain; the result says how many were dropped.
+A round is *noisy* when, summed over its blocks, tasks waited for a CPU more than 5% of the time
+(PSI), or the hypervisor stole more than 0.1 core, or the foreign load clearly exceeded what the
+cores we did not ask for can absorb (without PSI: exceeded it at all); or when a block ran far
+slower than that contender's median (a stall the counters did not see).  Noisy rounds are
+repeated (up to ``max_extra`` more rounds) and left out of the medians when enough quiet rounds
+remain; the result says how many were dropped.
 """
 from __future__ import annotations
 
@@ -36,28 +40,55 @@ def n_cpus() -> int:
 
 
 class LoadProbe:
-    """Cheap snapshots of machine-wide busy/steal time and of this process's CPU time."""
+    """Cheap snapshots of machine-wide busy/steal time, CPU pressure and our own CPU time.
+
+    ``/proc/stat`` is tick-based (10 ms units): over a 30 ms block its "other" estimate can be
+    off by a few tenths of a core, so noise is judged per round (all blocks summed).  Where the
+    kernel has PSI, ``/proc/pressure/cpu`` adds the time (us resolution) during which some
+    runnable task waited for a CPU: the direct sign of contention (a 1-thread run beside a
+    1-core foreign load on 2 cores shows none; a 2-thread run does).
+    """
 
     def __init__(self):
         self._ok = os.path.exists("/proc/stat")
+        self._psi = os.path.exists("/proc/pressure/cpu")
+        if self._psi:
+            try:
+                self._pressure()
+            except (OSError, ValueError, IndexError):
+                self._psi = False
+
+    @staticmethod
+    def _read(path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.read(fd, 512)
+        finally:
+            os.close(fd)
 
     def _stat(self):
         if not self._ok:
             return 0.0, 0.0
-        fd = os.open("/proc/stat", os.O_RDONLY)
-        try:
-            line = os.read(fd, 256).split(b"\n", 1)[0]
-        finally:
-            os.close(fd)
+        line = self._read("/proc/stat").split(b"\n", 1)[0]
         v = [int(x) for x in line.split()[1:]]
         # user nice system idle iowait irq softirq steal guest guest_nice
         busy = v[0] + v[1] + v[2] + v[5] + v[6]
         steal = v[7] if len(v) > 7 else 0
         return busy / _HZ, steal / _HZ
 
+    def _pressure(self) -> float:
+        """PSI 'some' total: seconds during which some runnable task waited for a CPU."""
+        line = self._read("/proc/pressure/cpu").split(b"\n", 1)[0]
+        return int(line.rsplit(b"total=", 1)[1]) / 1e6
+
+    @property
+    def has_pressure(self) -> bool:
+        return self._psi
+
     def snap(self):
         busy, steal = self._stat()
-        return time.perf_counter(), time.process_time(), busy, steal
+        psi = self._pressure() if self._psi else 0.0
+        return time.perf_counter(), time.process_time(), busy, steal, psi
 
     @staticmethod
     def delta(a, b) -> Dict[str, float]:
@@ -65,13 +96,19 @@ class LoadProbe:
         own = b[1] - a[1]
         other = max(0.0, (b[2] - a[2]) - own) / wall
         steal = max(0.0, b[3] - a[3]) / wall
-        return {"wall": wall, "own": own / wall, "other": other, "steal": steal}
+        pressure = max(0.0, b[4] - a[4]) / wall if len(a) > 4 else 0.0
+        return {"wall": wall, "own": own / wall, "other": other, "steal": steal,
+                "pressure": pressure}
 
     def sample(self, seconds: float = 0.25) -> Dict[str, float]:
         """Foreign load over ``seconds`` of sleeping (so all busy time is someone else's)."""
         a = self.snap()
         time.sleep(seconds)
         return self.delta(a, self.snap())
+
+
+PRESSURE_LIMIT = 0.05  # share of a round's time during which some task waited for a CPU
+STEAL_LIMIT = 0.1      # cores taken by the hypervisor
 
 
 def busy_threshold(threads: int, ncpu: Optional[int] = None) -> float:
@@ -207,7 +244,8 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
             if time.perf_counter() - t_start + per_round > budget_s:
                 break
         order = entries if r % 2 == 0 else entries[::-1]
-        round_load = {"other": 0.0, "steal": 0.0, "max": 0.0}
+        tot = {"wall": 0.0, "other": 0.0, "steal": 0.0, "pressure": 0.0}
+        block_max = 0.0
         is_noisy = False
         block_times = {}
         for e in order:
@@ -224,12 +262,21 @@ def interleave(entries: List[Entry], rounds: int, block_s: float = 0.03, threads
             t1 = time.perf_counter()
             d = probe.delta(a, probe.snap())
             block_times[e.label] = (t1 - t0) / e.k
-            load = d["other"] + d["steal"]
-            round_load["other"] = max(round_load["other"], d["other"])
-            round_load["steal"] = max(round_load["steal"], d["steal"])
-            round_load["max"] = max(round_load["max"], load)
-            if load > thr:
-                is_noisy = True
+            for key in ("other", "steal", "pressure"):
+                tot[key] += d[key] * d["wall"]
+            tot["wall"] += d["wall"]
+            block_max = max(block_max, d["other"] + d["steal"])
+        wall = max(tot["wall"], 1e-9)
+        round_load = {"other": tot["other"] / wall, "steal": tot["steal"] / wall,
+                      "pressure": tot["pressure"] / wall, "block_max": block_max}
+        round_load["max"] = round_load["other"] + round_load["steal"]
+        if probe.has_pressure:
+            # contention is measured directly; the tick-based 'other' only flags gross load
+            is_noisy = (round_load["pressure"] > PRESSURE_LIMIT
+                        or round_load["steal"] > STEAL_LIMIT
+                        or round_load["max"] > thr + 0.5)
+        else:
+            is_noisy = round_load["max"] > thr
         for e in entries:
             prev = samples[e.label]
             t = block_times[e.label]
@@ -272,6 +319,7 @@ def summarize(samples: Dict[str, List[float]], noisy: List[bool], loads, threads
                 ratios[f"{a}/{b}"] = {"median": statistics.median(rs), "min": min(rs),
                                       "max": max(rs)}
     used_loads = [loads[i]["max"] for i in use]
+    used_pressure = [loads[i].get("pressure", 0.0) for i in use]
     return {
         "threads": threads,
         "rounds": n,
@@ -280,6 +328,7 @@ def summarize(samples: Dict[str, List[float]], noisy: List[bool], loads, threads
         "used_noisy_rounds": len(use) != len(quiet_idx),
         "noise_threshold_cores": threshold,
         "load_median": statistics.median(used_loads) if used_loads else 0.0,
+        "pressure_median": statistics.median(used_pressure) if used_pressure else 0.0,
         "load_max": max(l["max"] for l in loads) if loads else 0.0,
         "round_loads": loads,
         "round_noisy": noisy,

@@ -217,10 +217,11 @@ def test_skip_reasons():
 
 # ---------------------------------------------------------------------------- the harness
 def test_load_probe_delta():
-    a = (0.0, 0.0, 10.0, 1.0)
-    b = (1.0, 0.5, 11.5, 1.25)  # 1 s wall, we used 0.5 s, machine busy 1.5 s, steal 0.25 s
+    a = (0.0, 0.0, 10.0, 1.0, 5.0)
+    b = (1.0, 0.5, 11.5, 1.25, 5.1)  # 1 s wall, we used 0.5 s, machine busy 1.5 s, steal 0.25 s
     d = timing.LoadProbe.delta(a, b)
     assert d["other"] == pytest.approx(1.0) and d["steal"] == pytest.approx(0.25)
+    assert d["pressure"] == pytest.approx(0.1)
     s = timing.LoadProbe().sample(0.05)
     assert s["other"] >= 0 and s["wall"] > 0
 
