@@ -7,6 +7,9 @@ cannot hit the recursion limit) and accumulates into leaves in place.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
+
 import numpy as np
 
 import backends
@@ -14,6 +17,7 @@ from . import _config
 from .errors import AnomalyError, DeviceError, GraphError
 
 _state = _config._state
+_creation_order = itertools.count()  # a node's number: its consumers always have larger ones
 
 
 class Function:
@@ -32,6 +36,7 @@ class Function:
     needs_input_grad = None
     unit_grad = False
     released = False
+    outputs_probabilities = False  # True for ops whose output lies in [0, 1] (sigmoid, softmax)
 
     def apply(self, *inputs):
         b = inputs[0]._backend
@@ -66,6 +71,7 @@ class Function:
             _check_finite(self, "forward", y, b)
         if record:
             self.inputs = inputs
+            self.seq = next(_creation_order)
             out.requires_grad = True
             out.creator = self
         return out
@@ -125,7 +131,8 @@ def backward(root, grad=None, retain_graph=False):
         if root.data.size != 1:
             raise GraphError(f"backward(): grad can be implicitly created only for a scalar output, "
                              f"got shape {tuple(root.shape)}; pass a gradient argument")
-        seed = b.xp.ones(root.data.shape, dtype=root.data.dtype)
+        shape, dt = root.data.shape, root.data.dtype
+        seed = b.xp.ones(shape, dtype=dt) if shape else b.xp.asarray(1.0, dtype=dt)
     else:
         seed = grad.data if hasattr(grad, "_backend") else b.asarray(grad, dtype=root.data.dtype)
         if tuple(seed.shape) != tuple(root.shape):
@@ -140,36 +147,17 @@ def backward(root, grad=None, retain_graph=False):
                          f"({top.name}'s saved values were freed by the first backward); "
                          f"use backward(retain_graph=True) the first time")
 
-    # Topological order of the nodes reachable from the root (iterative post-order DFS).
-    order = []
-    expanded = set()
-    stack = [(top, False)]
-    while stack:
-        fn, done = stack.pop()
-        if done:
-            order.append(fn)
-            continue
-        if fn in expanded:
-            continue
-        expanded.add(fn)
-        stack.append((fn, True))
-        for t in fn.inputs:
-            c = t.creator
-            if c is not None and c not in expanded:
-                if c.released:
-                    raise GraphError(f"backward(): {c.name} was freed by an earlier backward; "
-                                     f"use backward(retain_graph=True) the first time")
-                stack.append((c, False))
-
+    # Process nodes in decreasing creation number: every consumer of a node was created after
+    # it, so all gradient contributions to a node have arrived when it is popped (a reverse
+    # topological order, without a separate sort; no recursion, so deep graphs are fine).
     anomaly = _config.detect_anomaly_enabled
     grads = {top: seed}
+    heap = [(-top.seq, top)]
     top.unit_grad = unit
-    for fn in reversed(order):
-        gy = grads.pop(fn, None)
-        if gy is None:  # no gradient flowed here (e.g. only through non-differentiable paths)
-            if not retain_graph:
-                fn.release()
-            continue
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        fn = pop(heap)[1]
+        gy = grads.pop(fn)
         try:
             if anomaly:
                 with np.errstate(all="ignore"):  # see Function.apply
@@ -180,8 +168,7 @@ def backward(root, grad=None, retain_graph=False):
             _reraise_oom(e, getattr(fn, "backend", b), fn, "backward", fn.inputs)
             raise
         fn.unit_grad = False
-        inputs = fn.inputs
-        for t, gx in zip(inputs, gxs):
+        for t, gx in zip(fn.inputs, gxs):
             if gx is None or not t.requires_grad:
                 continue
             if anomaly:
@@ -190,8 +177,13 @@ def backward(root, grad=None, retain_graph=False):
             c = t.creator
             if c is None:
                 t._accumulate(gx)
+            elif c in grads:
+                grads[c] = grads[c] + gx
             else:
-                prev = grads.get(c)
-                grads[c] = gx if prev is None else prev + gx
+                if c.released:
+                    raise GraphError(f"backward(): {c.name} was freed by an earlier backward; "
+                                     f"use backward(retain_graph=True) the first time")
+                grads[c] = gx
+                push(heap, (-c.seq, c))
         if not retain_graph:
             fn.release()

@@ -31,6 +31,8 @@ def _float_input(x, name):
 
 # ---------------------------------------------------------------------- activations
 class Sigmoid(Function):
+    outputs_probabilities = True
+
     def forward(self, x):
         y = self.backend.sigmoid_fwd(x)
         self.y = y
@@ -192,6 +194,7 @@ class Linear(Function):
     def __init__(self, activation="linear", negative_slope=0.01):
         self.act = activation
         self.slope = negative_slope
+        self.outputs_probabilities = activation == "sigmoid"
 
     def forward(self, x, w, b=None):
         lead = x.shape[:-1]
@@ -363,12 +366,28 @@ def mse_loss(input, target, reduction="mean"):
     return MSELoss(reduction).apply(input, target)
 
 
+_CONSTS = {}
+
+
+def _c(value, dtype):
+    """``value`` as a cached scalar of ``dtype``: never promotes the array it meets, and NumPy
+    takes it faster than a Python float (CuPy accepts it as well)."""
+    key = (value, dtype)
+    c = _CONSTS.get(key)
+    if c is None:
+        c = _CONSTS[key] = np.dtype(dtype).type(value)
+    return c
+
+
 def _clamped_log(xp, a, out=None):
     """max(log(a), -100) without ever evaluating log(0): PyTorch's BCE clamp."""
-    tiny = float(np.finfo(a.dtype).smallest_subnormal)  # log(tiny) < -100 in every float dtype
+    dt = a.dtype
+    tiny = _CONSTS.get(("tiny", dt))
+    if tiny is None:  # log(smallest subnormal) < -100 in every float dtype
+        tiny = _CONSTS[("tiny", dt)] = dt.type(np.finfo(dt).smallest_subnormal)
     out = xp.maximum(a, tiny, out=out)
     xp.log(out, out=out)
-    return xp.maximum(out, -100.0, out=out)
+    return xp.maximum(out, _c(-100.0, dt), out=out)
 
 
 class BCELoss(Function):
@@ -380,37 +399,39 @@ class BCELoss(Function):
 
     def forward(self, p, t):
         xp = self.xp
+        dt = p.dtype
+        onem = xp.subtract(_c(1.0, dt), p)
         logp = _clamped_log(xp, p)
-        log1mp = _clamped_log(xp, 1.0 - p)
+        log1mp = _clamped_log(xp, onem)
         # -(t log p + (1 - t) log(1 - p)) = -(t (log p - log(1 - p)) + log(1 - p))
         logp -= log1mp
         logp *= t
         logp += log1mp
-        self.p, self.t = p, t
+        self.p, self.t, self.onem = p, t, onem
         if self.reduction == "none":
             return xp.negative(logp, out=logp)
         s = logp.sum()
-        return -s * (1.0 / p.size) if self.reduction == "mean" else -s
+        return s * _c(-1.0 / p.size, dt) if self.reduction == "mean" else -s
 
     def backward(self, gy):
         p, t = self.p, self.t
         xp = self.xp
+        dt = p.dtype
         need = self.needs_input_grad
         scale = 1.0 / p.size if self.reduction == "mean" else 1.0
         g = gt = None
         if need[0]:
-            den = 1.0 - p
-            den *= p
-            xp.maximum(den, 1e-12, out=den)
-            g = p - t
-            g /= den
+            den = xp.multiply(self.onem, p)
+            xp.maximum(den, _c(1e-12, dt), out=den)
             if scale != 1.0:
-                g *= scale
+                den *= _c(p.size, dt)  # (p - t) / (den / scale)
+            g = xp.subtract(p, t)
+            g /= den
             if not self.unit_grad:
                 g *= gy
         if need[1]:
-            gt = _clamped_log(xp, 1.0 - p) - _clamped_log(xp, p)
-            gt *= scale
+            gt = _clamped_log(xp, self.onem) - _clamped_log(xp, p)
+            gt *= _c(scale, dt)
             gt *= gy
         return g, gt
 
@@ -424,6 +445,9 @@ def binary_cross_entropy(input, target, reduction="mean"):
     _check_reduction(reduction, "binary_cross_entropy")
     input = _float_input(input, "binary_cross_entropy")
     target = _loss_target(input, target, "binary_cross_entropy")
+    c = input.creator
+    if c is not None and c.outputs_probabilities:  # a sigmoid's output: in [0, 1] by construction
+        return BCELoss(reduction).apply(input, target)
     p = input.data
     lo, hi = p.min(), p.max()
 

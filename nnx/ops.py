@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from . import _config
-from .autograd import Function
+from .autograd import Function, _creation_order
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor, _wrap, as_tensor, tensor
 
@@ -745,6 +745,7 @@ class ToDevice(Function):
         out = _wrap(data, self.target)
         if _config.is_grad_enabled() and x.requires_grad and out.data.dtype.kind == "f":
             self.inputs = (x,)
+            self.seq = next(_creation_order)
             self.needs_input_grad = (True,)
             self.backend, self.xp = self.target, self.target.xp
             out.requires_grad = True

@@ -53,6 +53,26 @@ class _FlatGroup:
             self.slices.append(sl)
             off += n
         self.state = {}  # name -> flat state array
+        # Steps taken: one shared count while every parameter has stepped together (the fused
+        # path), a per-parameter list once some parameter skipped a step (no gradient).
+        self.step = 0
+        self.steps = None
+
+    def param_step(self, i):
+        return self.step if self.steps is None else self.steps[i]
+
+    def set_param_step(self, i, value):
+        if self.steps is None:
+            if value == self.step:
+                return
+            self.steps = [self.step] * len(self.params)
+        self.steps[i] = value
+        if all(v == value for v in self.steps):
+            self.step, self.steps = value, None
+
+    def shared_step(self):
+        """The common step count of all parameters, or None when they differ."""
+        return self.step if self.steps is None else None
 
     def valid(self):
         for p in self.params:
@@ -103,7 +123,6 @@ class Optimizer:
             params = [{"params": params}]
         self.param_groups = []
         self._flats = []  # one list of _FlatGroup per param group
-        self._pstate = {}  # id(param) -> dict of per-parameter scalars (step, initialized)
         for g in params:
             self.add_param_group(g)
 
@@ -128,8 +147,6 @@ class Optimizer:
         self._validate(group)
         self.param_groups.append(group)
         self._flats.append(self._flatten(ps))
-        for p in ps:
-            self._pstate[id(p)] = {"step": 0, "initialized": False}
 
     def _validate(self, group):
         if group["lr"] < 0:
@@ -148,6 +165,8 @@ class Optimizer:
             if not fg.valid():  # a parameter was moved or re-created: rebuild, keeping state
                 fresh = self._flatten(fg.params)
                 for nf in fresh:
+                    for i, p in enumerate(nf.params):
+                        nf.set_param_step(i, fg.param_step(_index(fg.params, p)))
                     for name, buf in fg.state.items():
                         nb = nf.state_buffer(name)
                         for i, p in enumerate(nf.params):
@@ -182,7 +201,12 @@ class Optimizer:
             with _config.enable_grad():
                 loss = closure()
         for gi, group in enumerate(self.param_groups):
-            for fg in self._current_flats(gi):
+            flats = self._flats[gi]
+            for fg in flats:
+                if not fg.valid():
+                    flats = self._current_flats(gi)
+                    break
+            for fg in flats:
                 self._step_flat(group, fg)
         return loss
 
@@ -199,10 +223,10 @@ class Optimizer:
         for gi in range(len(self.param_groups)):
             for fg in self._current_flats(gi):
                 for i, p in enumerate(fg.params):
-                    ps = self._pstate[id(p)]
-                    if not ps["initialized"]:
+                    step = fg.param_step(i)
+                    if not step:
                         continue
-                    d = {"step": ps["step"]}
+                    d = {"step": step}
                     for name in self._state_names:
                         if name in fg.state:
                             d[name] = _wrap(fg.view(fg.state[name], i), fg.backend)
@@ -218,10 +242,10 @@ class Optimizer:
             flats = self._current_flats(gi)
             where = {id(p): (fg, i) for fg in flats for i, p in enumerate(fg.params)}
             for p in group["params"]:
-                ps = self._pstate[id(p)]
-                if ps["initialized"]:
-                    fg, i = where[id(p)]
-                    d = {"step": int(ps["step"])}
+                fg, i = where[id(p)]
+                step = fg.param_step(i)
+                if step:
+                    d = {"step": int(step)}
                     for name in self._state_names:
                         if name in fg.state:
                             d[name] = np.array(fg.backend.to_host(fg.view(fg.state[name], i)), copy=True)
@@ -255,10 +279,10 @@ class Optimizer:
             where = {id(p): (fg, i) for fg in flats for i, p in enumerate(fg.params)}
             for idx, p in zip(ids, group["params"]):
                 s = st.get(int(idx))
-                if s is None:
-                    plan.append((p, None, None, None))
-                    continue
                 fg, i = where[id(p)]
+                if s is None:
+                    plan.append((p, None, fg, i))
+                    continue
                 for name in self._state_names:
                     if name in s:
                         arr = np.asarray(s[name])
@@ -272,12 +296,10 @@ class Optimizer:
                 if k != "params":
                     group[k] = tuple(v) if isinstance(group.get(k), tuple) else v
         for p, s, fg, i in plan:
-            ps = self._pstate[id(p)]
             if s is None:
-                ps["step"], ps["initialized"] = 0, False
+                fg.set_param_step(i, 0)
                 continue
-            ps["step"] = int(np.asarray(s.get("step", 0)))
-            ps["initialized"] = True
+            fg.set_param_step(i, max(int(np.asarray(s.get("step", 1))), 1))
             for name in self._state_names:
                 if name in s:
                     fg.view(fg.state_buffer(name), i)[...] = fg.backend.asarray(
@@ -324,29 +346,27 @@ class SGD(Optimizer):
             raise ValueError(f"invalid weight_decay value: {group['weight_decay']}")
 
     def _step_flat(self, group, fg):
-        lr, mom = float(group["lr"]), float(group["momentum"])
-        kw = dict(momentum=mom, dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
-                  weight_decay=float(group["weight_decay"]))
-        be = fg.backend
-        buf = fg.state_buffer("momentum_buffer") if mom else None
-        pst = [self._pstate[id(p)] for p in fg.params]
-        if fg.all_have_grads():
-            first = [not s["initialized"] for s in pst]
-            if all(first) or not any(first):
-                be.sgd_update_(fg.data, fg.grad, buf, lr, first_step=first[0], **kw)
-                for s in pst:
-                    s["initialized"] = True
-                    s["step"] += 1
-                return
+        mom = float(group["momentum"])
+        lr, damp = float(group["lr"]), float(group["dampening"])
+        nesterov, wd = bool(group["nesterov"]), float(group["weight_decay"])
+        buf = None
+        if mom:
+            buf = fg.state.get("momentum_buffer")
+            if buf is None:
+                buf = fg.state_buffer("momentum_buffer")
+        step = fg.shared_step()
+        if step is not None and fg.all_have_grads():  # the fused path: one pass over everything
+            fg.backend.sgd_update_(fg.data, fg.grad, buf, lr, mom, damp, nesterov, wd, step == 0)
+            fg.step = step + 1
+            return
         for i, p in enumerate(fg.params):  # some parameters lack a gradient this step
             if p._grad is None:
                 continue
-            s = pst[i]
-            be.sgd_update_(fg.view(fg.data, i), fg.view(fg.grad, i),
-                           fg.view(buf, i) if buf is not None else None, lr,
-                           first_step=not s["initialized"], **kw)
-            s["initialized"] = True
-            s["step"] += 1
+            t = fg.param_step(i)
+            fg.backend.sgd_update_(fg.view(fg.data, i), fg.view(fg.grad, i),
+                                   fg.view(buf, i) if buf is not None else None, lr, mom, damp,
+                                   nesterov, wd, t == 0)
+            fg.set_param_step(i, t + 1)
 
 
 class Adam(Optimizer):
@@ -370,24 +390,21 @@ class Adam(Optimizer):
 
     def _step_flat(self, group, fg):
         lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-        b1, b2 = (float(b) for b in group["betas"])
-        be = fg.backend
-        m, v = fg.state_buffer("exp_avg"), fg.state_buffer("exp_avg_sq")
-        pst = [self._pstate[id(p)] for p in fg.params]
-        if fg.all_have_grads():
-            steps = {s["step"] for s in pst}
-            if len(steps) == 1:
-                t = pst[0]["step"] + 1
-                be.adam_update_(fg.data, fg.grad, m, v, lr, b1, b2, eps, wd, t)
-                for s in pst:
-                    s["step"] = t
-                    s["initialized"] = True
-                return
+        b1, b2 = group["betas"]
+        b1, b2 = float(b1), float(b2)
+        st = fg.state
+        m, v = st.get("exp_avg"), st.get("exp_avg_sq")
+        if m is None or v is None:
+            m, v = fg.state_buffer("exp_avg"), fg.state_buffer("exp_avg_sq")
+        step = fg.shared_step()
+        if step is not None and fg.all_have_grads():  # the fused path: one pass over everything
+            fg.backend.adam_update_(fg.data, fg.grad, m, v, lr, b1, b2, eps, wd, step + 1)
+            fg.step = step + 1
+            return
         for i, p in enumerate(fg.params):
             if p._grad is None:
                 continue
-            s = pst[i]
-            s["step"] += 1
-            s["initialized"] = True
-            be.adam_update_(fg.view(fg.data, i), fg.view(fg.grad, i), fg.view(m, i), fg.view(v, i),
-                            lr, b1, b2, eps, wd, s["step"])
+            t = fg.param_step(i) + 1
+            fg.backend.adam_update_(fg.view(fg.data, i), fg.view(fg.grad, i), fg.view(m, i),
+                                    fg.view(v, i), lr, b1, b2, eps, wd, t)
+            fg.set_param_step(i, t)

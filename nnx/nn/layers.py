@@ -39,6 +39,7 @@ class Linear(Module):
             raise ValueError(f"Linear: in_features and out_features must be >= 1, got "
                              f"{in_features} and {out_features}")
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self._label = f"Linear({self.in_features} -> {self.out_features})"  # for error messages
         b = _config.backend_for(device)
         dt = _config.to_dtype(dtype) or _config.get_default_dtype()
         from ..tensor import _wrap
@@ -55,8 +56,7 @@ class Linear(Module):
 
     def forward(self, x, activation="linear", negative_slope=0.01):
         p = self._parameters
-        return F.linear(x, p["weight"], p["bias"], activation, negative_slope,
-                        f"Linear({self.in_features} -> {self.out_features})")
+        return F.linear(x, p["weight"], p["bias"], activation, negative_slope, self._label)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -221,7 +221,7 @@ class Sequential(TrainingMixin, Module):
             if act is None:
                 x = m(x)
             else:
-                x = m.forward(x, act.fused_activation, getattr(act, "negative_slope", 0.01))
+                x = m.forward(x, act.fused_activation, act.__dict__.get("negative_slope", 0.01))
         return x
 
 
