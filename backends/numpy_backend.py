@@ -15,9 +15,9 @@ from .base import ACTIVATIONS, Backend
 
 # Elements per chunk for fused elementwise passes: 128K float32 = 512 KiB, inside L2.
 CHUNK = 1 << 17
-# Below this size the sigmoid takes the 7-call branch form (least Python dispatch); above it, the
-# branch-free two-exp form, which vectorizes better (2.5x faster at 2M elements).
-_SMALL = 4096
+# Up to this size the sigmoid takes its branch-free two-exp form (least dispatch); above it, the
+# one-exp form (less arithmetic).
+_SMALL = 1024
 # ReLU forward: an integer sign mask beats np.maximum on small arrays, loses on large ones.
 _RELU_INT_MAX = 1 << 17
 
@@ -109,36 +109,36 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------------ activations
     def sigmoid_fwd(self, x, out=None):
+        # Two exact forms of the stable sigmoid, e = exp(-|x|): 1 / (1 + e) for x >= 0 and
+        # e / (1 + e) for x < 0. Neither exponent is ever positive, so nothing overflows and the
+        # tail keeps full relative precision (no 1 - y cancellation).
         if out is None:
             out = np.empty_like(x)
         dt = x.dtype
-        one = _s(1.0, dt)
+        zero, one = _s(0.0, dt), _s(1.0, dt)
         if x.size <= _SMALL:
-            neg = np.less(x, _s(0.0, dt))  # before writing: out may be x itself
+            # branch-free, least dispatch: exp(min(x, 0)) / (1 + exp(-|x|))
+            num = np.minimum(x, zero)
+            np.exp(num, num)
             e = np.abs(x)
-            np.negative(e, out=e)
-            np.exp(e, out=e)  # e = exp(-|x|) in (0, 1]: never overflows
-            np.add(e, one, out=out)
-            # x >= 0: 1 / (1 + e); x < 0: e / (1 + e), exact in the tail
-            np.divide(np.where(neg, e, one), out, out=out)
-            return out
-        # the same function without a branch: exp(min(x, 0)) / (1 + exp(-|x|))
-        num = np.minimum(x, _s(0.0, dt))
-        np.exp(num, out=num)
+            np.negative(e, e)
+            np.exp(e, e)
+            np.add(e, one, e)
+            return np.divide(num, e, out)
+        # one exp: the numerator is e for x < 0 and 1 for x >= 0, i.e. max(e, x >= 0)
+        pos = np.greater_equal(x, zero)  # before writing: out may be x itself
         e = np.abs(x)
-        np.negative(e, out=e)
-        np.exp(e, out=e)
-        np.add(e, one, out=e)
-        np.divide(num, e, out=out)
-        return out
+        np.negative(e, e)
+        np.exp(e, e)
+        np.add(e, one, out)
+        return np.divide(np.maximum(e, pos), out, out)
 
     def sigmoid_bwd(self, y, gy, out=None):
         if out is None:
             out = np.empty_like(y)
-        np.subtract(_s(1.0, y.dtype), y, out=out)
-        np.multiply(out, y, out=out)
-        np.multiply(out, gy, out=out)
-        return out
+        np.subtract(_s(1.0, y.dtype), y, out)
+        np.multiply(out, y, out)
+        return np.multiply(out, gy, out)
 
     def relu_fwd(self, x, out=None):
         if out is None:

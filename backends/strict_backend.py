@@ -62,6 +62,8 @@ def _unwrap(x):
         return tuple(_unwrap(i) for i in x)
     if isinstance(x, list):
         return [_unwrap(i) for i in x]
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
     return x
 
 
@@ -99,7 +101,9 @@ class StrictArray(np.ndarray):
             raise ImplicitConversionError(
                 f"numpy.{func.__name__} was called directly on a device array; use the backend's "
                 f"xp (CuPy would refuse this)")
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        out = kwargs.get("out")
+        result = func(*_unwrap(args), **_unwrap(kwargs))
+        return out if out is not None else _wrap(result)
 
     # ---- host synchronizations (each one would wait for the GPU)
     def __bool__(self):

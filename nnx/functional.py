@@ -199,7 +199,7 @@ class Linear(Function):
     def forward(self, x, w, b=None):
         lead = x.shape[:-1]
         x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-        y = x2 @ w.T
+        y = self.xp.dot(x2, w.T)  # np.dot: half matmul's dispatch cost on small operands
         self.backend.bias_act_(y, b, self.act, self.slope)
         self.x2, self.w, self.lead = x2, w, lead
         if self.act != "linear":
@@ -223,15 +223,15 @@ class Linear(Function):
         xp = self.xp
         gx = gw = gb = None
         if need[0]:
-            gx = g @ self.w
+            gx = xp.dot(g, self.w)
             if len(self.lead) != 1:
                 gx = gx.reshape(self.lead + (self.w.shape[1],))
         if need[1]:
             buf = self.inputs[1]._fresh_grad_buffer()
             if buf is not None:
-                xp.matmul(g.T, self.x2, out=buf)
+                xp.dot(g.T, self.x2, out=buf)
             else:
-                gw = g.T @ self.x2
+                gw = xp.dot(g.T, self.x2)
         if len(need) > 2 and need[2]:
             buf = self.inputs[2]._fresh_grad_buffer()
             if buf is not None:
