@@ -127,6 +127,10 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def sum_rows(self, g, out=None):
+        """(N, F) -> (F,): the sum over the rows, e.g. a bias gradient."""
+
+    @abc.abstractmethod
     def softmax_cross_entropy(self, logits, labels, ignore_index: int = -100,
                               reduction: str = "mean", need_grad: bool = True):
         """Fused softmax + negative log-likelihood with its gradient in the same pass.

@@ -223,6 +223,9 @@ class CupyBackend(Backend):
                 y[...] = target
 
     # ------------------------------------------------------------------ softmax cross-entropy
+    def sum_rows(self, g, out=None):
+        return g.sum(axis=0, out=out)
+
     def softmax_cross_entropy(self, logits, labels, ignore_index: int = -100,
                               reduction: str = "mean", need_grad: bool = True):
         """Fused softmax + NLL and its gradient; see ``Backend.softmax_cross_entropy``.

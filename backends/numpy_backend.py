@@ -13,8 +13,8 @@ import numpy as np
 
 from .base import ACTIVATIONS, Backend
 
-# Elements per chunk for fused elementwise passes: 128K float32 = 512 KiB, inside L2.
-CHUNK = 1 << 17
+# Elements per chunk for fused elementwise passes: 256K float32 = 1 MiB, about an L2.
+CHUNK = 1 << 18
 # Up to this size the sigmoid takes its branch-free two-exp form (least dispatch); above it, the
 # one-exp form (less arithmetic).
 _SMALL = 1024
@@ -66,7 +66,7 @@ class NumpyBackend(Backend):
     def __init__(self):
         self._rng = np.random.default_rng()
         self._scratch = {}
-        self._offsets = {}
+        self._cache = {}
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, data, dtype=None):
@@ -146,8 +146,12 @@ class NumpyBackend(Backend):
         if x.size > _RELU_INT_MAX or x.dtype not in _INT_VIEW:
             np.maximum(x, _s(0.0, x.dtype), out=out)
             return out
-        it = _INT_VIEW[x.dtype][0]
-        np.bitwise_and(x.view(it), _positive_mask(x), out=out.view(it))
+        # keep x where its sign bit is clear: mask = ~(bits >> (width - 1)); -0.0 becomes +0.0
+        it, shift = _INT_VIEW[x.dtype]
+        bits = x.view(it)
+        m = np.right_shift(bits, shift)
+        np.invert(m, m)
+        np.bitwise_and(bits, m, out.view(it))
         return out
 
     def relu_bwd(self, y, gy, out=None):
@@ -193,15 +197,26 @@ class NumpyBackend(Backend):
         else:
             raise ValueError(f"bias_act_: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
+    def sum_rows(self, g, out=None):
+        if g.dtype not in (np.float32, np.float64) or g.shape[0] < 2:
+            return np.add.reduce(g, axis=0, out=out)
+        # a GEMV with a ones vector: 2-3x faster than the reduction (BLAS, no strided adds)
+        n = g.shape[0]
+        key = ("ones", n, g.dtype)
+        ones = self._cache.get(key)
+        if ones is None:
+            ones = self._cache[key] = np.ones(n, dtype=g.dtype)
+        return np.dot(ones, g, out=out)
+
     # ------------------------------------------------------------------ softmax cross-entropy
     def _row_offsets(self, n, c):
         """``arange(n) * c`` (int64), cached: flat indices of each row's first element."""
         key = (n, c)
-        off = self._offsets.get(key)
+        off = self._cache.get(key)
         if off is None:
-            if len(self._offsets) > 64:
-                self._offsets.clear()
-            off = self._offsets[key] = np.arange(n, dtype=np.int64) * c
+            if len(self._cache) > 64:
+                self._cache.clear()
+            off = self._cache[key] = np.arange(n, dtype=np.int64) * c
         return off
 
     def softmax_cross_entropy(self, logits, labels, ignore_index=-100, reduction="mean",

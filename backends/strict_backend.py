@@ -248,7 +248,7 @@ def _kernel(name):
 
 
 for _name in ("uniform", "normal", "dropout_mask", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd",
-              "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "bias_act_", "sgd_update_",
+              "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "bias_act_", "sum_rows", "sgd_update_",
               "adam_update_"):
     setattr(StrictBackend, _name, _kernel(_name))
 

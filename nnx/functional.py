@@ -235,9 +235,9 @@ class Linear(Function):
         if len(need) > 2 and need[2]:
             buf = self.inputs[2]._fresh_grad_buffer()
             if buf is not None:
-                g.sum(axis=0, out=buf)
+                be.sum_rows(g, out=buf)
             else:
-                gb = g.sum(axis=0)
+                gb = be.sum_rows(g)
         return gx, gw, gb
 
 
