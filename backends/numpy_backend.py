@@ -289,6 +289,10 @@ class NumpyBackend(Backend):
 
     def sgd_update_(self, param, grad, momentum_buf, lr, momentum=0.0, dampening=0.0,
                     nesterov=False, weight_decay=0.0, first_step=False):
+        if not momentum and not weight_decay and param.size <= CHUNK and param.ndim == 1 \
+                and grad.ndim == 1:  # plain SGD on a small flat buffer: p += (-lr) * g
+            np.add(param, np.multiply(grad, _s(-lr, param.dtype)), param)
+            return
         p_all, g_all, b_all = self._flat(param, grad, momentum_buf)
         dt = param.dtype
         neg_lr, wd, mom = _s(-lr, dt), _s(weight_decay, dt), _s(momentum, dt)

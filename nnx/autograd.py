@@ -40,34 +40,33 @@ class Function:
 
     def apply(self, *inputs):
         b = inputs[0]._backend
+        datas, needs = [], []
         for t in inputs:
             if t._backend is not b:
                 _device_mismatch(self, inputs)
+            datas.append(t.data)
+            needs.append(t.requires_grad)
         self.backend = b
         self.xp = b.xp
-        record = False
-        if _state.grad_enabled:
-            for t in inputs:
-                if t.requires_grad:
-                    record = True
-                    break
+        record = _state.grad_enabled and True in needs
         if record:
-            self.needs_input_grad = tuple([t.requires_grad for t in inputs])
+            self.needs_input_grad = needs
+        anomaly = _config.detect_anomaly_enabled
         try:
-            if _config.detect_anomaly_enabled:
+            if anomaly:
                 # NumPy would warn about log(-1) or 1/0 (an error under -W error) before the
                 # check below could name the op: let it produce the NaN/inf, then raise.
                 with np.errstate(all="ignore"):
-                    y = self.forward(*[t.data for t in inputs])
+                    y = self.forward(*datas)
             else:
-                y = self.forward(*[t.data for t in inputs])
+                y = self.forward(*datas)
         except MemoryError as e:
             _reraise_oom(e, b, self, "forward", inputs)
             raise
         if type(y) is not b.array_type:
             y = b.xp.asarray(y)
         out = _new_tensor(y, b)
-        if _config.detect_anomaly_enabled:
+        if anomaly:
             _check_finite(self, "forward", y, b)
         if record:
             self.inputs = inputs

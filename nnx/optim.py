@@ -44,7 +44,7 @@ class _FlatGroup:
             gview = self.grad[sl].reshape(p.shape)
             old_grad = p._grad
             p.data = view
-            p._gbuf = gview
+            p._gbuf = _wrap(gview, self.backend)  # the gradient's Tensor, reused every step
             p._flat = self
             if old_grad is not None:
                 gview[...] = old_grad.data
@@ -190,7 +190,7 @@ class Optimizer:
                     fg.grad.fill(0)
                     for p in fg.params:
                         if p._grad is None:
-                            p._grad = _wrap(p._gbuf, fg.backend)
+                            p._grad = p._gbuf
                             p._grad_owned = True
 
     def step(self, closure=None):

@@ -100,8 +100,8 @@ class Tensor:
         if value._backend is not self._backend:
             raise ValueError(f"assigned grad on {value.device} to a tensor on {self.device}")
         if self._gbuf is not None:
-            self._gbuf[...] = value.data
-            self._grad = _wrap(self._gbuf, self._backend)
+            self._gbuf.data[...] = value.data
+            self._grad = self._gbuf
             self._grad_owned = True
         else:
             self._grad = value
@@ -111,11 +111,11 @@ class Tensor:
         """Add the gradient array ``g`` to ``.grad`` (in place once we own the storage)."""
         grad = self._grad
         if grad is None:
-            buf = self._gbuf
+            buf = self._gbuf  # the optimizer's preallocated gradient view (a Tensor), if any
             if buf is not None:
-                if g is not buf:
-                    buf[...] = g
-                self._grad = _wrap(buf, self._backend)
+                if g is not buf.data:
+                    buf.data[...] = g
+                self._grad = buf
                 self._grad_owned = True
             else:
                 if g.dtype != self.data.dtype:
@@ -131,14 +131,14 @@ class Tensor:
             self._grad_owned = True
 
     def _fresh_grad_buffer(self):
-        """The preallocated gradient buffer when ``.grad`` is unset, so a backward can write
+        """The preallocated gradient array when ``.grad`` is unset, so a backward can write
         into it with ``out=``; marks the gradient as set. None when there is no such buffer."""
         buf = self._gbuf
         if buf is None or self._grad is not None or self.creator is not None:
             return None
-        self._grad = _wrap(buf, self._backend)
+        self._grad = buf
         self._grad_owned = True
-        return buf
+        return buf.data
 
     def backward(self, gradient=None, retain_graph=False):
         """Compute the gradient of this tensor w.r.t. graph leaves (accumulated into ``.grad``)."""
