@@ -201,14 +201,24 @@ class NumpyBackend(Backend):
         if g.dtype not in (np.float32, np.float64) or g.shape[0] < 2:
             return np.add.reduce(g, axis=0, out=out)
         # a GEMV with a ones vector: 2-3x faster than the reduction (BLAS, no strided adds)
-        n = g.shape[0]
-        key = ("ones", n, g.dtype)
-        ones = self._cache.get(key)
-        if ones is None:
-            ones = self._cache[key] = np.ones(n, dtype=g.dtype)
-        return np.dot(ones, g, out=out)
+        return np.dot(self._ones(g.shape[0], g.dtype), g, out=out)
 
     # ------------------------------------------------------------------ softmax cross-entropy
+    def _ones(self, n, dtype):
+        key = ("ones", n, dtype)
+        ones = self._cache.get(key)
+        if ones is None:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            ones = self._cache[key] = np.ones(n, dtype=dtype)
+        return ones
+
+    def _row_sums(self, z):
+        """(N, C) -> (N,): a GEMV with ones for float32/64 (short rows reduce slowly)."""
+        if z.dtype in (np.float32, np.float64) and z.flags.c_contiguous:
+            return np.dot(z, self._ones(z.shape[1], z.dtype))
+        return np.add.reduce(z, axis=1)
+
     def _row_offsets(self, n, c):
         """``arange(n) * c`` (int64), cached: flat indices of each row's first element."""
         key = (n, c)
@@ -250,7 +260,7 @@ class NumpyBackend(Backend):
         zf = z.reshape(-1)
         picked = zf.take(idx)
         np.exp(z, out=z)
-        s = np.add.reduce(z, axis=1)
+        s = self._row_sums(z)
         with np.errstate(divide="ignore"):  # log(0) only for a row of all -inf
             loss_rows = np.log(s)
         loss_rows -= picked
