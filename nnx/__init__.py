@@ -34,12 +34,24 @@ from . import callbacks
 from .training import History, load_model
 
 float16, float32, float64 = "float16", "float32", "float64"
+
+
+def FloatTensor(data):
+    """``torch.FloatTensor(data)``: a float32 tensor (for ports of PyTorch code)."""
+    return tensor(data, dtype="float32")
+
+
+def LongTensor(data):
+    """``torch.LongTensor(data)``: an int64 tensor."""
+    return tensor(data, dtype="int64")
+
+
 int32, int64, bool_ = "int32", "int64", "bool"
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "tensor", "as_tensor", "is_tensor", "set_device", "get_device", "device",
+    "Tensor", "tensor", "as_tensor", "FloatTensor", "LongTensor", "is_tensor", "set_device", "get_device", "device",
     "cuda_available", "set_default_dtype", "get_default_dtype", "no_grad", "enable_grad",
     "is_grad_enabled", "manual_seed", "detect_anomaly", "set_detect_anomaly", "is_anomaly_enabled",
     "save", "load", "nn", "optim", "functional", "NNXError", "ShapeError", "DTypeError",

@@ -167,7 +167,15 @@ def is_grad_enabled() -> bool:
     return _state.grad_enabled
 
 
-class no_grad(contextlib.ContextDecorator):
+class _FreshContextDecorator(contextlib.ContextDecorator):
+    """As a decorator, a new instance per call, so recursive and nested uses each restore
+    their own previous state (ContextDecorator reuses one instance by default)."""
+
+    def _recreate_cm(self):
+        return type(self)()
+
+
+class no_grad(_FreshContextDecorator):
     """Disable graph recording inside the block (also a decorator)."""
 
     def __enter__(self):
@@ -180,7 +188,7 @@ class no_grad(contextlib.ContextDecorator):
         return False
 
 
-class enable_grad(contextlib.ContextDecorator):
+class enable_grad(_FreshContextDecorator):
     def __enter__(self):
         self._prev = _state.grad_enabled
         _state.grad_enabled = True
@@ -198,7 +206,7 @@ def set_detect_anomaly(mode: bool) -> None:
     detect_anomaly_enabled = bool(mode)
 
 
-class detect_anomaly(contextlib.ContextDecorator):
+class detect_anomaly(_FreshContextDecorator):
     """Context manager form of ``set_detect_anomaly(True)``."""
 
     def __enter__(self):

@@ -540,7 +540,8 @@ def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=No
     """
     _check_reduction(reduction, "cross_entropy")
     input = _float_input(input, "cross_entropy")
-    target = target if isinstance(target, Tensor) else as_tensor(target, like=None)
+    if not isinstance(target, Tensor):  # labels (or probabilities) go to the logits' device
+        target = as_tensor(target, like=input)
     if target._backend is not input._backend:
         from .errors import DeviceError
 

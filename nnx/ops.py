@@ -424,28 +424,34 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 MaxResult = collections.namedtuple("MaxResult", ["values", "indices"])
 
 
-def _maxmin(x, axis, keepdims, dim, keepdim, fn):
-    keep = keepdims or bool(keepdim)
-    if dim is not None and axis is None:
-        # PyTorch form: max(dim=...) returns (values, indices)
+def _maxmin(x, dim, keepdim, axis, keepdims, fn):
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{fn}: give either dim (PyTorch style) or axis (NumPy style), not both")
+        # PyTorch form: max(dim) returns (values, indices)
         d = dim % x.ndim if x.ndim else dim
+        keep = bool(keepdim or keepdims)
         values = Max(d, keep, fn).apply(x)
         arg = x.data.argmax(axis=d) if fn == "max" else x.data.argmin(axis=d)
         if keep:
             arg = x._backend.xp.expand_dims(arg, d)
         return MaxResult(values, _wrap(arg, x._backend))
-    return Max(_norm_axes(axis, x.ndim), keep, fn).apply(x)
+    return Max(_norm_axes(axis, x.ndim), bool(keepdims or keepdim), fn).apply(x)
 
 
-def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    """Maximum over ``axis`` (NumPy style: values). With ``dim=`` (PyTorch style) it returns
-    ``(values, indices)``."""
-    return _maxmin(x, axis, keepdims, dim, keepdim, "max")
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
+    """The maximum.
+
+    PyTorch style: ``x.max()`` is the largest element; ``x.max(1)`` or ``x.max(dim=1)`` returns
+    ``(values, indices)`` along that axis. NumPy style: ``x.max(axis=1)`` returns the values.
+    Ties share the gradient equally.
+    """
+    return _maxmin(x, dim, keepdim, axis, keepdims, "max")
 
 
-def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    """Minimum, like ``max``."""
-    return _maxmin(x, axis, keepdims, dim, keepdim, "min")
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
+    """The minimum, like ``max``."""
+    return _maxmin(x, dim, keepdim, axis, keepdims, "min")
 
 
 def amax(x, axis=None, keepdims=False):

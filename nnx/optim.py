@@ -43,7 +43,10 @@ class _FlatGroup:
             view[...] = p.data
             gview = self.grad[sl].reshape(p.shape)
             old_grad = p._grad
-            p.data = view
+            if hasattr(p, "_set_data"):
+                p._set_data(view)  # a Parameter: leaves any earlier flat buffer
+            else:
+                p.data = view
             p._gbuf = _wrap(gview, self.backend)  # the gradient's Tensor, reused every step
             p._flat = self
             if old_grad is not None:
@@ -186,12 +189,9 @@ class Optimizer:
                 for p in group["params"]:
                     p._grad = None
             else:
-                for fg in self._current_flats(gi):
-                    fg.grad.fill(0)
-                    for p in fg.params:
-                        if p._grad is None:
-                            p._grad = p._gbuf
-                            p._grad_owned = True
+                for p in group["params"]:  # as PyTorch: zero the gradients that exist
+                    if p._grad is not None:
+                        p._grad.data[...] = 0
 
     def step(self, closure=None):
         loss = None

@@ -7,7 +7,7 @@ import numpy as np
 
 import backends
 from . import _config, autograd
-from .errors import DTypeError, NNXError, ShapeError
+from .errors import DTypeError, GraphError, NNXError, ShapeError
 
 
 class Tensor:
@@ -58,17 +58,18 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def size(self) -> int:
-        return int(self.data.size)
+    def size(self):
+        """The element count as an int (NumPy); called, ``x.size()`` is the shape and
+        ``x.size(d)`` one dimension (PyTorch)."""
+        n = _Size(self.data.size)
+        n.shape = tuple(self.data.shape)
+        return n
 
     def numel(self) -> int:
         return int(self.data.size)
 
     def dim(self) -> int:
         return self.data.ndim
-
-    def size_(self):  # pragma: no cover - alias kept private
-        return self.shape
 
     @property
     def is_leaf(self) -> bool:
@@ -118,12 +119,11 @@ class Tensor:
                 self._grad = buf
                 self._grad_owned = True
             else:
-                if g.dtype != self.data.dtype:
-                    g = g.astype(self.data.dtype)
-                if not g.flags.c_contiguous:
-                    g = self._backend.xp.ascontiguousarray(g)
-                self._grad = _wrap(g, self._backend)
-                self._grad_owned = False
+                # a copy: the same gradient array may flow to several leaves (x + y), and
+                # each .grad must be its own storage (g.zero_() on one must not clear another)
+                self._grad = _wrap(self._backend.xp.array(g, dtype=self.data.dtype, order="C"),
+                                   self._backend)
+                self._grad_owned = True
         elif self._grad_owned:
             grad.data += g
         else:
@@ -134,7 +134,8 @@ class Tensor:
         """The preallocated gradient array when ``.grad`` is unset, so a backward can write
         into it with ``out=``; marks the gradient as set. None when there is no such buffer."""
         buf = self._gbuf
-        if buf is None or self._grad is not None or self.creator is not None:
+        if buf is None or self._grad is not None or self.creator is not None \
+                or _config.detect_anomaly_enabled:  # anomaly mode checks every gradient itself
             return None
         self._grad = buf
         self._grad_owned = True
@@ -162,6 +163,61 @@ class Tensor:
     def zero_(self):
         self.data[...] = 0
         return self
+
+    def fill_(self, value):
+        self.data[...] = value
+        return self
+
+    # ------------------------------------------------------------------ in-place updates
+    def _check_inplace(self, what):
+        if self.requires_grad and _config.is_grad_enabled():
+            raise GraphError(f"in-place {what} on a tensor that requires grad, with grad mode on: "
+                             f"autograd cannot record it. Wrap the update in `with nnx.no_grad():` "
+                             f"(as PyTorch requires for parameters)")
+
+    def _operand(self, other):
+        if isinstance(other, Tensor):
+            if other._backend is not self._backend:
+                from .errors import DeviceError
+
+                raise DeviceError(f"in-place update of a tensor on {self.device} with one on "
+                                  f"{other.device}; move it with .to(device) first")
+            return other.data
+        if isinstance(other, (int, float, bool)) or other is None:
+            return other
+        return self._backend.asarray(other)
+
+    def __iadd__(self, other):
+        self._check_inplace("+=")
+        d = self.data  # in place on the array (no re-assignment of .data)
+        d += self._operand(other)
+        return self
+
+    def __isub__(self, other):
+        self._check_inplace("-=")
+        d = self.data  # in place on the array (no re-assignment of .data)
+        d -= self._operand(other)
+        return self
+
+    def __imul__(self, other):
+        self._check_inplace("*=")
+        d = self.data  # in place on the array (no re-assignment of .data)
+        d *= self._operand(other)
+        return self
+
+    def __itruediv__(self, other):
+        self._check_inplace("/=")
+        d = self.data  # in place on the array (no re-assignment of .data)
+        d /= self._operand(other)
+        return self
+
+    def __setitem__(self, index, value):
+        self._check_inplace("assignment to an index")
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        self.data[index] = self._operand(value)
 
     # ------------------------------------------------------------------ host access
     def _run_checks(self):
@@ -278,6 +334,13 @@ class Tensor:
             src_data = self._backend.asarray(src.numpy())
         self.data[...] = src_data
         return self
+
+
+class _Size(int):
+    """An int that can also be called like PyTorch's ``Tensor.size()``."""
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
 
 
 def _is_dtype_name(s: str) -> bool:

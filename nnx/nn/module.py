@@ -10,6 +10,9 @@ from ..errors import CheckpointError, DTypeError, ShapeError
 from ..tensor import Tensor, tensor
 
 
+_DATA = Tensor.__dict__["data"]  # Tensor's slot; Parameter wraps it in a property
+
+
 class Parameter(Tensor):
     """A tensor that is a module's learnable parameter (``requires_grad`` by default).
 
@@ -23,24 +26,46 @@ class Parameter(Tensor):
             data = tensor([])
         if not isinstance(data, Tensor):
             data = tensor(data)
-        self.data = data.data
+        self._flat = None
+        self._gbuf = None
+        _DATA.__set__(self, data.data)
         self._backend = data._backend
         self.requires_grad = bool(requires_grad)
         self.creator = None
         self._grad = None
         self._grad_owned = False
-        self._gbuf = None
-        self._flat = None
         self._checks = None
+
+    @property
+    def data(self):
+        return _DATA.__get__(self, Parameter)
+
+    @data.setter
+    def data(self, value):
+        """``p.data = new`` (as in PyTorch). A parameter an optimizer keeps in its flat buffer
+        takes same-shape, same-dtype values by copy, so the optimizer keeps updating it; any
+        other new storage leaves the buffer, and the optimizer re-flattens on its next step."""
+        if isinstance(value, Tensor):
+            value = value.data
+        flat = self._flat
+        if flat is not None:
+            cur = _DATA.__get__(self, Parameter)
+            if getattr(value, "shape", None) == cur.shape and getattr(value, "dtype", None) == cur.dtype \
+                    and self._backend.is_array(value):
+                cur[...] = value
+                return
+            self._set_data(self._backend.asarray(value))
+            return
+        _DATA.__set__(self, value)
 
     def _set_data(self, array, backend=None):
         """Replace the storage (device or dtype move): any flat-buffer membership ends."""
-        self.data = array
-        if backend is not None:
-            self._backend = backend
         self._flat = None
         self._gbuf = None
         self._grad = None
+        _DATA.__set__(self, array)
+        if backend is not None:
+            self._backend = backend
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
@@ -117,17 +142,19 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # ------------------------------------------------------------------ traversal
-    def named_modules(self, memo=None, prefix=""):
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         if memo is None:
             memo = set()
-        if id(self) in memo:
-            return
-        memo.add(id(self))
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
             if m is None:
                 continue
-            yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name)
+            yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                       remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -142,13 +169,18 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_parameters(self, prefix="", recurse=True):
-        """(name, Parameter) pairs; names are the ``state_dict`` keys ("0.weight", ...)."""
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """(name, Parameter) pairs; names are the ``state_dict`` keys ("0.weight", ...).
+
+        A parameter shared by several modules is listed once unless ``remove_duplicate`` is
+        false (``state_dict`` lists it under every name, as PyTorch does).
+        """
         seen = set()
-        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse \
+            else [(prefix, self)]
         for mp, m in mods:
             for name, p in m._parameters.items():
-                if p is None or id(p) in seen:
+                if p is None or (remove_duplicate and id(p) in seen):
                     continue
                 seen.add(id(p))
                 yield (f"{mp}.{name}" if mp else name), p
@@ -234,7 +266,8 @@ class Module:
     # ------------------------------------------------------------------ state
     def state_dict(self):
         """An ordered dict mapping PyTorch-style keys to host NumPy arrays (copies)."""
-        return OrderedDict((k, np.array(p.numpy(), copy=True)) for k, p in self.named_parameters())
+        return OrderedDict((k, np.array(p.numpy(), copy=True))
+                           for k, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` (arrays, tensors, or anything array-like).
@@ -242,7 +275,7 @@ class Module:
         Checks keys, shapes and dtypes first and says what does not match; nothing is changed
         unless everything fits.
         """
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))
         given = set(state_dict.keys())
         missing = [k for k in own if k not in given]
         unexpected = [k for k in state_dict if k not in own]
