@@ -35,6 +35,23 @@ def device_count() -> int:
     return cupy.cuda.runtime.getDeviceCount()
 
 
+def cuda_versions() -> tuple[int, int]:
+    """(runtime, driver) CUDA versions as CUDA encodes them (e.g. 13000), through CuPy."""
+    import cupy
+
+    return cupy.cuda.runtime.runtimeGetVersion(), cupy.cuda.runtime.driverGetVersion()
+
+
+def device_description(index: int) -> str:
+    """A one-line description of CUDA device ``index``: name and memory."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(int(index))
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"{name} ({props.get('totalGlobalMem', 0) / 2 ** 30:.0f} GiB), CuPy"
+
+
 class CupyBackend(Backend):
     """CuPy arrays on CUDA device ``device_id`` (``device == f"cuda:{device_id}"``)."""
 
@@ -42,8 +59,10 @@ class CupyBackend(Backend):
 
     def __init__(self, device_id: int = 0):
         import cupy
+        import cupyx
 
         self.xp = cupy
+        self.cupyx = cupyx  # pinned host memory for the DataLoader's prefetch
         self.array_type = cupy.ndarray
         self.device_id = int(device_id)
         self.device = f"cuda:{self.device_id}"

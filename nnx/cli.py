@@ -211,10 +211,9 @@ def cmd_info(args):
     ok, why = backends.cuda_status()
     if ok:
         try:
-            import cupy
+            from backends.cupy_backend import cuda_versions
 
-            rt = cupy.cuda.runtime.runtimeGetVersion()
-            drv = cupy.cuda.runtime.driverGetVersion()
+            rt, drv = cuda_versions()
             print(f"CUDA runtime {rt // 1000}.{rt % 1000 // 10}, driver {drv // 1000}."
                   f"{drv % 1000 // 10}: usable, {why}")
         except Exception as e:  # noqa: BLE001 - still report what we know
@@ -232,13 +231,9 @@ def cmd_info(args):
 
 def _gpu_name(dev):
     try:
-        import cupy
+        from backends.cupy_backend import device_description
 
-        props = cupy.cuda.runtime.getDeviceProperties(int(dev.split(":")[1]))
-        name = props["name"]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        mem = props.get("totalGlobalMem", 0) / 2 ** 30
-        return f"{name} ({mem:.0f} GiB), CuPy"
+        return device_description(int(dev.split(":")[1]))
     except Exception:  # noqa: BLE001
         return "CUDA GPU, CuPy"
 

@@ -285,9 +285,7 @@ class _CudaPrefetcher:
     """
 
     def __init__(self, backend, batch_size):
-        import cupy
-        import cupyx
-
+        cupy, cupyx = backend.xp, backend.cupyx  # CuPy comes only through the backend
         self.cupy, self.cupyx = cupy, cupyx
         self.backend = backend
         self.batch_size = batch_size
@@ -347,7 +345,7 @@ class _CudaPrefetcher:
             dev = [cupy.empty(h.shape, h.dtype) for h in staged]
             self.stream.wait_event(compute.record())
             for d, h in zip(dev, staged):
-                d.set(h.copy(), stream=self.stream)  # asynchronous: `h` lives in pinned memory
+                d.set(h, stream=self.stream)  # asynchronous: `h` lives in pinned memory
             event = self.stream.record()
         self.events[s] = event
         return dev, event

@@ -298,7 +298,7 @@ class _FakeCuda:
             empty_pinned=lambda shape, dtype: np.full(shape, 77).astype(dtype))
         rng = np.random.default_rng(0)
         self.backend = types.SimpleNamespace(
-            name="cupy", use=contextlib.nullcontext,
+            name="cupy", use=contextlib.nullcontext, xp=self.cupy, cupyx=self.cupyx,
             permutation=lambda n: rng.permutation(n).astype(np.int64))
 
     @staticmethod
