@@ -36,14 +36,14 @@ from .training import History, load_model
 float16, float32, float64 = "float16", "float32", "float64"
 
 
-def FloatTensor(data):
-    """``torch.FloatTensor(data)``: a float32 tensor (for ports of PyTorch code)."""
-    return tensor(data, dtype="float32")
+def FloatTensor(values):
+    """``torch.FloatTensor(values)``: a float32 tensor (for ports of PyTorch code)."""
+    return tensor(values, dtype="float32")
 
 
-def LongTensor(data):
-    """``torch.LongTensor(data)``: an int64 tensor."""
-    return tensor(data, dtype="int64")
+def LongTensor(values):
+    """``torch.LongTensor(values)``: an int64 tensor."""
+    return tensor(values, dtype="int64")
 
 
 int32, int64, bool_ = "int32", "int64", "bool"

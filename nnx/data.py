@@ -9,6 +9,7 @@ not wait on the host.
 Example::
 
     >>> import numpy as np, nnx
+
     >>> from nnx.data import DataLoader
     >>> x = np.random.rand(100, 3).astype(np.float32); y = np.arange(100)
     >>> loader = DataLoader((x, y), batch_size=32, shuffle=True, seed=0)
@@ -24,6 +25,7 @@ import operator
 import numpy as np
 
 import nnx
+from nnx.tensor import host_array
 
 __all__ = ["Dataset", "TensorDataset", "DataLoader"]
 
@@ -31,12 +33,7 @@ __all__ = ["Dataset", "TensorDataset", "DataLoader"]
 def _host_array(a, name="array", scalar_ok=False):
     """``a`` as a host NumPy array: NumPy passes through, nnx Tensors and CuPy arrays are copied
     to the host, anything else goes through ``numpy.asarray``."""
-    tensor_cls = getattr(nnx, "Tensor", None)
-    if tensor_cls is not None and isinstance(tensor_cls, type) and isinstance(a, tensor_cls):
-        a = a.numpy()
-    elif type(a).__module__.split(".")[0] == "cupy":  # no cupy import needed to spot one
-        a = a.get()
-    a = np.asarray(a)
+    a = host_array(a)
     if a.ndim == 0 and not scalar_ok:
         raise ValueError(f"{name} must have at least one dimension (rows), got a scalar")
     return a

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _config
 from .autograd import Function
 from .errors import DTypeError, LabelError, ShapeError, ValueRangeError
-from .ops import _promote_int, exp, log, mean, sum as _sum, tanh  # noqa: F401  (tanh re-exported)
+from .ops import _promote_int, mean, sum as _sum, tanh  # noqa: F401  (tanh re-exported)
 from .tensor import Tensor, _wrap, as_tensor
 
 __all__ = ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",

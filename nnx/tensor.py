@@ -5,7 +5,6 @@ import numbers
 
 import numpy as np
 
-import backends
 from . import _config, autograd
 from .errors import DTypeError, GraphError, NNXError, ShapeError
 
@@ -465,6 +464,18 @@ def backends_mismatch(data, like):
 
     return DeviceError(f"a CUDA array was combined with a tensor on {like.device}; move one of "
                        f"them first")
+
+
+def host_array(obj) -> np.ndarray:
+    """``obj`` as a host NumPy array: nnx Tensors, CuPy arrays and PyTorch tensors are copied to
+    the host; anything else goes through ``numpy.asarray``."""
+    if isinstance(obj, Tensor):
+        return obj.numpy()
+    if hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "get"):
+        return obj.get()
+    if hasattr(obj, "detach") and hasattr(obj, "cpu") and hasattr(obj, "numpy"):  # torch
+        return obj.detach().cpu().numpy()
+    return np.asarray(obj)
 
 
 def is_tensor(obj) -> bool:

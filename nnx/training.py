@@ -28,7 +28,7 @@ import numpy as np
 from . import _config
 from . import functional as F
 from .errors import CheckpointError, ShapeError
-from .tensor import Tensor, _wrap
+from .tensor import Tensor, _wrap, host_array
 
 __all__ = ["TrainingMixin", "History", "load_model", "load_checkpoint", "layer_config",
            "layer_from_config", "RESIDENT_BYTES"]
@@ -1141,11 +1141,7 @@ def _shape_preserving(m):
 
 
 def _host_array(a, dtype):
-    if isinstance(a, Tensor):
-        a = a.numpy()
-    elif hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):
-        a = a.get()
-    a = np.asarray(a)
+    a = host_array(a)
     return a if dtype is None or a.dtype == dtype else a.astype(dtype)
 
 

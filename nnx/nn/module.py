@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _config
 from ..errors import CheckpointError, DTypeError, ShapeError
-from ..tensor import Tensor, tensor
+from ..tensor import Tensor, _is_dtype_name, host_array, tensor
 
 
 _DATA = Tensor.__dict__["data"]  # Tensor's slot; Parameter wraps it in a property
@@ -224,7 +224,7 @@ class Module:
         Parameter objects keep their identity (an optimizer made before the move still holds
         them); their gradients are dropped. Returns self.
         """
-        if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype(device)):
+        if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype_name(device)):
             device, dtype = None, device
         target = None if device is None else _config.backend_for(device)
         dt = _config.to_dtype(dtype)
@@ -331,21 +331,13 @@ class _IncompatibleKeys(tuple):
 
 
 def _host_array(v):
-    if hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy"):  # a torch tensor
-        return v.detach().cpu().numpy()
-    if hasattr(v, "__cuda_array_interface__") and hasattr(v, "get"):
-        return v.get()
     try:
-        return np.asarray(v)
+        return host_array(v)
     except Exception as e:  # noqa: BLE001 - report what could not be read
         raise CheckpointError(f"load_state_dict: cannot read a value of type {type(v).__name__}: {e}") from None
 
 
-def _is_dtype(s):
-    try:
-        return np.dtype(s).kind in "fiub"
-    except TypeError:
-        return False
+
 
 
 __all__ = ["Module", "Parameter", "ShapeError", "DTypeError"]
