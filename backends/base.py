@@ -104,9 +104,12 @@ class Backend(abc.ABC):
         """y = max(x, 0); NaN stays NaN (as in PyTorch)."""
 
     @abc.abstractmethod
-    def relu_bwd(self, y, gy, out=None):
+    def relu_bwd(self, y, gy, out=None, aux=None):
         """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0). Where y <= 0 and gy is
         not finite, the CUDA kernel gives 0 (as PyTorch) and the NumPy twin NaN (gy * 0).
+
+        ``aux`` is what ``bias_act_`` returned for this activation, if anything (the NumPy twin's
+        mask, so the backward is one pass); the result is the same either way.
 
         ``y`` may be x or relu(x).
         """
@@ -120,10 +123,11 @@ class Backend(abc.ABC):
         """gx = gy where x > 0 else negative_slope * gy (PyTorch: slope at exactly 0)."""
 
     @abc.abstractmethod
-    def bias_act_(self, y, bias, activation: str, negative_slope: float = 0.01) -> None:
+    def bias_act_(self, y, bias, activation: str, negative_slope: float = 0.01):
         """In place over ``y`` (N, F) with ``bias`` (F,) or None: y = act(y + bias).
 
-        ``activation`` is one of ``ACTIVATIONS``. One pass after a Linear's matmul.
+        ``activation`` is one of ``ACTIVATIONS``. One pass after a Linear's matmul. Returns None
+        or an opaque ``aux`` array to hand to ``relu_bwd`` (the NumPy twin keeps ReLU's mask).
         """
 
     @abc.abstractmethod

@@ -205,8 +205,8 @@ class CupyBackend(Backend):
     def relu_fwd(self, x, out=None):
         return self._elementwise("relu_fwd", (x,), out)
 
-    def relu_bwd(self, y, gy, out=None):
-        return self._elementwise("relu_bwd", (y, gy), out)
+    def relu_bwd(self, y, gy, out=None, aux=None):
+        return self._elementwise("relu_bwd", (y, gy), out)  # the kernel reads y; aux unused
 
     def leaky_relu_fwd(self, x, negative_slope: float, out=None):
         return self._elementwise("leaky_relu_fwd", (x,), out, (negative_slope,))

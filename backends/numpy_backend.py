@@ -168,9 +168,13 @@ class NumpyBackend(Backend):
         np.bitwise_and(bits, m, out.view(it))
         return out
 
-    def relu_bwd(self, y, gy, out=None):
+    def relu_bwd(self, y, gy, out=None, aux=None):
         if out is None:
             out = np.empty_like(gy)
+        if aux is not None and out.flags.c_contiguous and gy.flags.c_contiguous:
+            it = _INT_VIEW[gy.dtype][0]  # aux: the y > 0 mask bias_act_ kept
+            np.bitwise_and(gy.view(it), aux, out.view(it))
+            return out
         if gy.dtype not in _INT_VIEW or not gy.flags.c_contiguous or not out.flags.c_contiguous:
             np.multiply(gy, y > 0, out=out)
             return out
@@ -203,7 +207,14 @@ class NumpyBackend(Backend):
         if activation == "sigmoid":
             self.sigmoid_fwd(y, out=y)
         elif activation == "relu":
-            self.relu_fwd(y, out=y)
+            if y.size > _RELU_INT_MAX or y.dtype not in _INT_VIEW or not y.flags.c_contiguous:
+                self.relu_fwd(y, out=y)
+                return None
+            # the exact y > 0 mask, kept for the backward (one pass there instead of four)
+            bits = y.view(_INT_VIEW[y.dtype][0])
+            mask = _positive_mask(y)
+            np.bitwise_and(bits, mask, bits)
+            return mask
         elif activation == "leaky_relu":
             self.leaky_relu_fwd(y, negative_slope, out=y)
         elif activation == "tanh":

@@ -199,7 +199,7 @@ class Linear(Function):
         lead = x.shape[:-1]
         x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
         y = self.xp.dot(x2, w.T)  # np.dot: half matmul's dispatch cost on small operands
-        self.backend.bias_act_(y, b, self.act, self.slope)
+        self.aux = self.backend.bias_act_(y, b, self.act, self.slope)
         self.x2, self.w, self.lead = x2, w, lead
         if self.act != "linear":
             self.y = y
@@ -212,7 +212,7 @@ class Linear(Function):
         if act == "sigmoid":
             g = be.sigmoid_bwd(self.y, g)
         elif act == "relu":
-            g = be.relu_bwd(self.y, g)
+            g = be.relu_bwd(self.y, g, aux=self.aux)
         elif act == "leaky_relu":  # y has x's sign because the slope is positive
             g = be.leaky_relu_bwd(self.y, g, self.slope)
         elif act == "tanh":
