@@ -580,19 +580,32 @@ def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=No
 def nll_loss(input, target, reduction="mean", ignore_index=-100):
     """Negative log-likelihood of log-probabilities ``input`` (N, C) at integer ``target``."""
     _check_reduction(reduction, "nll_loss")
+    if not isinstance(target, Tensor):
+        target = as_tensor(target, like=input)
+    if input.ndim != 2:
+        raise ShapeError(f"nll_loss: expected log-probabilities of shape (N, C), got {input.shape}")
     n, c = input.shape
+    if target.data.dtype.kind not in "iu":
+        raise LabelError(f"nll_loss: class labels must be an integer tensor of shape ({n},), got "
+                         f"dtype {target.dtype}")
+    if target.shape != (n,):
+        raise ShapeError(f"nll_loss: labels of shape {target.shape} do not match input of shape "
+                         f"{input.shape} (expected ({n},))")
     t = target.data
     xp = input._backend.xp
     valid = t != ignore_index
-    if input._backend.name == "numpy" and bool(((t < 0) | (t >= c))[valid].any()):
-        raise LabelError(f"nll_loss: a label lies outside [0, {c})")
-    safe = xp.where(valid, t, 0)
+    bad = xp.any(valid & ((t < 0) | (t >= c)))
+    safe = xp.where(valid & ~((t < 0) | (t >= c)), t, 0)  # never index out of bounds
     picked = input[xp.arange(n), safe]
     w = _wrap(valid.astype(input.dtype), input._backend)
     el = -(picked * w)
     if reduction == "none":
-        return el
-    if reduction == "sum":
-        return _sum(el)
-    count = valid.sum()
-    return _sum(el) / _wrap(xp.maximum(count, 1).astype(input.dtype), input._backend)
+        out = el
+    elif reduction == "sum":
+        out = _sum(el)
+    else:
+        count = valid.sum()
+        out = _sum(el) / _wrap(xp.maximum(count, 1).astype(input.dtype), input._backend)
+    _defer_check(out, bad, lambda: LabelError(f"nll_loss: a label lies outside [0, {c}) (and is "
+                                              f"not ignore_index={ignore_index})"))
+    return out
