@@ -105,8 +105,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def relu_bwd(self, y, gy, out=None, aux=None):
-        """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0). Where y <= 0 and gy is
-        not finite, the CUDA kernel gives 0 (as PyTorch) and the NumPy twin NaN (gy * 0).
+        """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0, and 0 where y <= 0 even
+        for a NaN or inf gy, as in PyTorch).
 
         ``aux`` is what ``bias_act_`` returned for this activation, if anything (the NumPy twin's
         mask, so the backward is one pass); the result is the same either way.

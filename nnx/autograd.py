@@ -37,6 +37,7 @@ class Function:
     unit_grad = False
     released = False
     outputs_probabilities = False  # True for ops whose output lies in [0, 1] (sigmoid, softmax)
+    sigmoid_output = False  # True when the output is an elementwise sigmoid (see BCELoss)
 
     def apply(self, *inputs):
         b = inputs[0]._backend

@@ -31,6 +31,7 @@ def _float_input(x, name):
 # ---------------------------------------------------------------------- activations
 class Sigmoid(Function):
     outputs_probabilities = True
+    sigmoid_output = True
 
     def forward(self, x):
         y = self.backend.sigmoid_fwd(x)
@@ -38,6 +39,9 @@ class Sigmoid(Function):
         return y
 
     def backward(self, gy):
+        shortcut = self.__dict__.pop("grad_shortcut", None)
+        if shortcut is not None and shortcut[0] is gy:
+            return (shortcut[1],)
         return (self.backend.sigmoid_bwd(self.y, gy),)
 
 
@@ -193,7 +197,7 @@ class Linear(Function):
     def __init__(self, activation="linear", negative_slope=0.01):
         self.act = activation
         self.slope = negative_slope
-        self.outputs_probabilities = activation == "sigmoid"
+        self.outputs_probabilities = self.sigmoid_output = activation == "sigmoid"
 
     def forward(self, x, w, b=None):
         lead = x.shape[:-1]
@@ -210,7 +214,9 @@ class Linear(Function):
         g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
         act = self.act
         if act == "sigmoid":
-            g = be.sigmoid_bwd(self.y, g)
+            shortcut = self.__dict__.pop("grad_shortcut", None)  # see BCELoss.backward
+            g = shortcut[1].reshape(g.shape) if shortcut is not None and shortcut[0] is gy \
+                else be.sigmoid_bwd(self.y, g)
         elif act == "relu":
             g = be.relu_bwd(self.y, g, aux=self.aux)
         elif act == "leaky_relu":  # y has x's sign because the slope is positive
@@ -290,15 +296,16 @@ def _check_reduction(reduction, name):
 
 
 def _check_same_shape(input, target, name):
-    if input.shape != target.shape:
+    if input.data.shape != target.data.shape:
         raise ShapeError(f"{name}: target shape {target.shape} does not match input shape "
                          f"{input.shape} (nnx does not broadcast a loss's target; reshape it, "
                          f"e.g. y.reshape({', '.join(map(str, input.shape))}))")
 
 
 def _loss_target(input, target, name):
-    target = as_tensor(target, like=input)
-    if target.dtype != input.dtype:
+    if not isinstance(target, Tensor):
+        target = as_tensor(target, like=input)
+    if target.data.dtype != input.data.dtype:
         if target.data.dtype.kind == "f" and input.data.dtype.kind == "f":
             raise DTypeError(f"{name}: target dtype {target.dtype} differs from input dtype "
                              f"{input.dtype}")
@@ -420,14 +427,20 @@ class BCELoss(Function):
         scale = 1.0 / p.size if self.reduction == "mean" else 1.0
         g = gt = None
         if need[0]:
-            den = xp.multiply(self.onem, p)
-            xp.maximum(den, _c(1e-12, dt), out=den)
+            pq = xp.multiply(self.onem, p)  # p (1 - p)
+            den = xp.maximum(pq, _c(1e-12, dt))
             if scale != 1.0:
                 den *= _c(p.size, dt)  # (p - t) / (den / scale)
             g = xp.subtract(p, t)
             g /= den
             if not self.unit_grad:
                 g *= gy
+            c = self.inputs[0].creator
+            if c is not None and c.sigmoid_output:
+                # Hand the sigmoid its own backward, g * (1 - p) p, computed from the product
+                # already here (bit-identical to sigmoid_bwd); it uses it only if g reaches it
+                # unchanged, i.e. p has no other consumer.
+                c.grad_shortcut = (g, pq.__imul__(g))
         if need[1]:
             gt = _clamped_log(xp, self.onem) - _clamped_log(xp, p)
             gt *= _c(scale, dt)
