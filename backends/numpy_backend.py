@@ -223,7 +223,7 @@ class NumpyBackend(Backend):
             raise ValueError(f"bias_act_: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
     def sum_rows(self, g, out=None):
-        if g.dtype not in (np.float32, np.float64) or g.shape[0] < 2:
+        if g.dtype not in (np.float32, np.float64) or g.size < 4096:
             return np.add.reduce(g, axis=0, out=out)
         # a GEMV with a ones vector: 2-3x faster than the reduction (BLAS, no strided adds)
         return np.dot(self._ones(g.shape[0], g.dtype), g, out=out)
