@@ -210,7 +210,21 @@ def torch_model(torch, w: Workload):
     return nn.Sequential(*layers)
 
 
-class TorchContender(Contender):
+class ModelContender(Contender):
+    """A contender driven through the PyTorch-style API (PyTorch itself, and nnx)."""
+
+    def step(self):
+        x, y = self.batches[self.i]
+        self.i = (self.i + 1) % len(self.batches)
+        opt = self.opt
+        opt.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        opt.step()
+        self.loss = loss
+
+
+class TorchContender(ModelContender):
     name = "torch"
 
     def __init__(self, w, params, batches, device="cpu"):
@@ -246,16 +260,6 @@ class TorchContender(Contender):
     def activate(self):
         if self.threads and self.torch.get_num_threads() != self.threads:
             self.torch.set_num_threads(self.threads)
-
-    def step(self):
-        x, y = self.batches[self.i]
-        self.i = (self.i + 1) % len(self.batches)
-        opt = self.opt
-        opt.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        opt.step()
-        self.loss = loss
 
     def sync(self):
         if self.device == "cuda":
@@ -298,7 +302,7 @@ def _to_numpy(t):
     return np.array(t)
 
 
-class NnxContender(Contender):
+class NnxContender(ModelContender):
     name = "nnx"
 
     def __init__(self, w, params, batches, device="cpu"):
@@ -332,16 +336,6 @@ class NnxContender(Contender):
 
     def activate(self):
         self.nnx.set_device(self.device)
-
-    def step(self):
-        x, y = self.batches[self.i]
-        self.i = (self.i + 1) % len(self.batches)
-        opt = self.opt
-        opt.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        opt.step()
-        self.loss = loss
 
     def sync(self):
         if self.device == "cpu":

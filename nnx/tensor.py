@@ -25,15 +25,7 @@ class Tensor:
 
     def __init__(self, data, dtype=None, device=None, requires_grad=False):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
-        self.data = t.data
-        self._backend = t._backend
-        self.requires_grad = t.requires_grad
-        self.creator = None
-        self._grad = None
-        self._grad_owned = False
-        self._gbuf = None
-        self._flat = None
-        self._checks = None
+        _init_slots(self, t.data, t._backend, t.requires_grad)
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -349,19 +341,23 @@ def _is_dtype_name(s: str) -> bool:
         return False
 
 
-def _wrap(array, backend, requires_grad=False):
-    """A Tensor around a backend array (no copy, no checks): the hot path's constructor."""
-    t = Tensor.__new__(Tensor)
+def _init_slots(t, array, backend, requires_grad=False):
+    """Set every slot of a new Tensor (or Parameter); the one place that lists them."""
+    t._flat = None  # first: Parameter's data setter reads it
+    t._gbuf = None
     t.data = array
     t._backend = backend
     t.requires_grad = requires_grad
     t.creator = None
     t._grad = None
     t._grad_owned = False
-    t._gbuf = None
-    t._flat = None
     t._checks = None
     return t
+
+
+def _wrap(array, backend, requires_grad=False):
+    """A Tensor around a backend array (no copy, no checks): the hot path's constructor."""
+    return _init_slots(Tensor.__new__(Tensor), array, backend, requires_grad)
 
 
 autograd._new_tensor = _wrap

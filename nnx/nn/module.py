@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _config
 from ..errors import CheckpointError, DTypeError, ShapeError
-from ..tensor import Tensor, _is_dtype_name, host_array, tensor
+from ..tensor import Tensor, _init_slots, _is_dtype_name, host_array, tensor
 
 
 _DATA = Tensor.__dict__["data"]  # Tensor's slot; Parameter wraps it in a property
@@ -26,15 +26,7 @@ class Parameter(Tensor):
             data = tensor([])
         if not isinstance(data, Tensor):
             data = tensor(data)
-        self._flat = None
-        self._gbuf = None
-        _DATA.__set__(self, data.data)
-        self._backend = data._backend
-        self.requires_grad = bool(requires_grad)
-        self.creator = None
-        self._grad = None
-        self._grad_owned = False
-        self._checks = None
+        _init_slots(self, data.data, data._backend, bool(requires_grad))
 
     @property
     def data(self):
