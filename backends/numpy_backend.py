@@ -41,6 +41,18 @@ def _s(value, dtype):
     return c
 
 
+def _max_unsigned(labels):
+    """The largest label with negative ones counted as huge: one reduction that is < C exactly
+    when every label lies in [0, C)."""
+    dt = labels.dtype
+    if dt.kind == "i":
+        labels = labels.view(_UNSIGNED[dt.itemsize])
+    return np.maximum.reduce(labels, axis=None)
+
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _positive_mask(y):
     """An integer array of y's width: all ones where y > 0, else 0, without a float compare.
 
@@ -264,8 +276,7 @@ class NumpyBackend(Backend):
         x = logits.astype(np.float32) if out_dtype == np.float16 else logits
         dt = x.dtype
         valid = None
-        if n and not 0 <= ignore_index < c and 0 <= np.minimum.reduce(labels) \
-                and np.maximum.reduce(labels) < c:
+        if n and not 0 <= ignore_index < c and _max_unsigned(labels) < c:
             safe, count = labels, n  # the common case: every label valid, none ignored
         else:
             valid = labels != ignore_index
@@ -278,7 +289,8 @@ class NumpyBackend(Backend):
             count = int(np.count_nonzero(valid))
         idx = self._row_offsets(n, c) + safe  # flat index of each row's label
         m = np.maximum.reduce(x, axis=1, keepdims=True)
-        if not math.isfinite(np.add.reduce(m, axis=None)):
+        finite_max = math.isfinite(np.add.reduce(m, axis=None))
+        if not finite_max:
             # a row whose max is not finite (all -inf, or inf/NaN): treat the max as 0
             m = np.where(np.isfinite(m), m, _s(0.0, dt))
         z = np.subtract(x, m)  # (N, C) work array; becomes the gradient below
@@ -286,27 +298,29 @@ class NumpyBackend(Backend):
         picked = zf.take(idx)
         np.exp(z, out=z)
         s = self._row_sums(z)
-        with np.errstate(divide="ignore"):  # log(0) only for a row of all -inf
+        if finite_max:  # every row sum >= 1 (its max contributes exp(0)): no log(0)
             loss_rows = np.log(s)
+        else:
+            with np.errstate(divide="ignore"):  # log(0) only for a row of all -inf
+                loss_rows = np.log(s)
         loss_rows -= picked
         if valid is not None:
             loss_rows[~valid] = 0.0
-        scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0
+        scale = _s(1.0 / max(count, 1) if reduction == "mean" else 1.0, dt)
         if reduction == "none":
             loss = loss_rows.astype(out_dtype, copy=False)
         else:
-            total = np.add.reduce(loss_rows, axis=None)
-            loss = np.asarray(total * _s(scale, dt) if reduction == "mean" else total, dtype=out_dtype)
+            loss = np.asarray(np.add.reduce(loss_rows, axis=None) * scale, dtype=out_dtype)
         grad = None
         if need_grad:
-            np.divide(_s(scale, dt), s, out=s)
-            z *= s[:, None]
+            np.divide(scale, s, out=s)
+            z *= s.reshape(n, 1)
             if valid is None:
-                zf[idx] -= _s(scale, dt)
+                zf[idx] -= scale
             else:
-                zf[idx[valid]] -= _s(scale, dt)
+                zf[idx[valid]] -= scale
                 z[~valid] = 0.0
-            grad = z.astype(out_dtype, copy=False)
+            grad = z if out_dtype == dt else z.astype(out_dtype)
         return loss, grad, None
 
     # ------------------------------------------------------------------ optimizer updates
@@ -326,7 +340,10 @@ class NumpyBackend(Backend):
                     nesterov=False, weight_decay=0.0, first_step=False):
         if not momentum and not weight_decay and param.size <= CHUNK and param.ndim == 1 \
                 and grad.ndim == 1:  # plain SGD on a small flat buffer: p += (-lr) * g
-            np.add(param, np.multiply(grad, _s(-lr, param.dtype)), param)
+            n = param.size  # small: a fresh temporary is cheaper than the scratch lookup
+            step = np.multiply(grad, _s(-lr, param.dtype),
+                               out=self.scratch(n, param.dtype) if n > 65536 else None)
+            np.add(param, step, param)
             return
         p_all, g_all, b_all = self._flat(param, grad, momentum_buf)
         dt = param.dtype

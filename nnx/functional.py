@@ -187,63 +187,91 @@ def dropout(x, p=0.5, training=True):
 _FUSABLE = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
 
 
-class Linear(Function):
-    """y = act(x @ W.T + b) as one node: a matmul, then one fused bias+activation pass.
+class LinearChain(Function):
+    """``act_k(... act_1(x W_1^T + b_1) ...)``: one or more dense layers as one graph node.
 
-    Backward writes the weight and bias gradients straight into preallocated gradient buffers
-    (``out=``) when the parameters have them (see ``nnx.optim``), so a step copies nothing.
+    Inputs ``(x, W_1[, b_1], W_2[, b_2], ...)``; ``layers`` gives, per layer,
+    ``(activation, negative_slope, has_bias)``. Each layer is a matmul, then one fused
+    bias+activation pass. ``functional.linear`` makes a one-layer chain; ``Sequential`` chains
+    each stretch of Linear layers (``nnx.linear_chain``): results are bit-identical either way,
+    but a chain is one ``apply``, one output tensor and one engine visit for all its layers,
+    which is most of a small network's step.
+
+    Shapes: x (*, in_1), W_k (out_k, in_k) with in_{k+1} = out_k, b_k (out_k,); output
+    (*, out_last). Saved for the backward: each layer's input and output and the ReLU masks the
+    backend hands back. The backward writes weight and bias gradients straight into the
+    parameters' preallocated gradient buffers (``out=``) when they have them (see
+    ``nnx.optim``), so a step copies nothing.
     """
 
-    def __init__(self, activation="linear", negative_slope=0.01):
-        self.act = activation
-        self.slope = negative_slope
-        self.outputs_probabilities = self.sigmoid_output = activation == "sigmoid"
+    def __init__(self, layers):
+        self.layers = layers
+        self.outputs_probabilities = self.sigmoid_output = layers[-1][0] == "sigmoid"
 
-    def forward(self, x, w, b=None):
+    @property
+    def name(self) -> str:
+        return "Linear"  # what error messages call it: the layers it runs
+
+    def forward(self, x, *params):
         lead = x.shape[:-1]
-        x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-        y = self.xp.dot(x2, w.T)  # np.dot: half matmul's dispatch cost on small operands
-        self.aux = self.backend.bias_act_(y, b, self.act, self.slope)
-        self.x2, self.w, self.lead = x2, w, lead
-        if self.act != "linear":
-            self.y = y
-        return y if x.ndim == 2 else y.reshape(lead + (w.shape[0],))
+        h = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        dot, bias_act_ = self.xp.dot, self.backend.bias_act_
+        hs, auxes, i = [h], [], 0
+        for act, slope, has_bias in self.layers:
+            w = params[i]
+            y = dot(h, w.T)  # np.dot: half matmul's dispatch cost on small operands
+            if has_bias:
+                auxes.append(bias_act_(y, params[i + 1], act, slope))
+                i += 2
+            else:
+                auxes.append(bias_act_(y, None, act, slope))
+                i += 1
+            hs.append(y)
+            h = y
+        if self.needs_input_grad is not None:
+            self.hs, self.auxes, self.params, self.lead = hs, auxes, params, lead
+        return h if x.ndim == 2 else h.reshape(lead + (h.shape[-1],))
 
     def backward(self, gy):
-        be = self.backend
+        need, inputs = self.needs_input_grad, self.inputs
+        be, xp = self.backend, self.xp
+        lowest = need.index(True)  # the first input wanting a gradient: propagate down to it
+        grads = [None] * len(need)
+        hs, auxes, params, layers = self.hs, self.auxes, self.params, self.layers
         g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
-        act = self.act
-        if act == "sigmoid":
-            shortcut = self.__dict__.pop("grad_shortcut", None)  # see BCELoss.backward
-            g = shortcut[1].reshape(g.shape) if shortcut is not None and shortcut[0] is gy \
-                else be.sigmoid_bwd(self.y, g)
-        elif act == "relu":
-            g = be.relu_bwd(self.y, g, aux=self.aux)
-        elif act == "leaky_relu":  # y has x's sign because the slope is positive
-            g = be.leaky_relu_bwd(self.y, g, self.slope)
-        elif act == "tanh":
-            y = self.y
-            g = g * (1 - y * y)
-        need = self.needs_input_grad
-        xp = self.xp
-        gx = gw = gb = None
-        if need[0]:
-            gx = xp.dot(g, self.w)
-            if len(self.lead) != 1:
-                gx = gx.reshape(self.lead + (self.w.shape[1],))
-        if need[1]:
-            buf = self.inputs[1]._fresh_grad_buffer()
-            if buf is not None:
-                xp.dot(g.T, self.x2, out=buf)
-            else:
-                gw = xp.dot(g.T, self.x2)
-        if len(need) > 2 and need[2]:
-            buf = self.inputs[2]._fresh_grad_buffer()
-            if buf is not None:
-                be.sum_rows(g, out=buf)
-            else:
-                gb = be.sum_rows(g)
-        return gx, gw, gb
+        iw = len(need)
+        for k in range(len(layers) - 1, -1, -1):
+            act, slope, has_bias = layers[k]
+            iw -= 1 + has_bias  # input index of W_k (params[iw - 1])
+            # gradient w.r.t. the pre-activation
+            if act == "sigmoid":
+                shortcut = self.__dict__.pop("grad_shortcut", None)  # see BCELoss.backward
+                g = shortcut[1].reshape(g.shape) if shortcut is not None and shortcut[0] is gy \
+                    else be.sigmoid_bwd(hs[k + 1], g)
+            elif act == "relu":
+                g = be.relu_bwd(hs[k + 1], g, aux=auxes[k])
+            elif act == "leaky_relu":  # y has x's sign because the slope is positive
+                g = be.leaky_relu_bwd(hs[k + 1], g, slope)
+            elif act == "tanh":
+                y = hs[k + 1]
+                g = g * (1 - y * y)
+            if need[iw]:
+                buf = inputs[iw]._fresh_grad_buffer()
+                if buf is not None:
+                    xp.dot(g.T, hs[k], out=buf)
+                else:
+                    grads[iw] = xp.dot(g.T, hs[k])
+            if has_bias and need[iw + 1]:
+                buf = inputs[iw + 1]._fresh_grad_buffer()
+                if buf is not None:
+                    be.sum_rows(g, out=buf)
+                else:
+                    grads[iw + 1] = be.sum_rows(g)
+            if lowest >= iw:
+                return grads
+            g = xp.dot(g, params[iw - 1])  # gradient w.r.t. this layer's input
+        grads[0] = g if len(self.lead) == 1 else g.reshape(self.lead + (g.shape[-1],))
+        return grads
 
 
 def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer=None):
@@ -261,7 +289,7 @@ def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer
             or xd.shape[-1] != wd.shape[1]:
         x = _linear_input(x, weight, layer)
         xd = x.data
-    fn = Linear(activation, negative_slope)
+    fn = LinearChain(((activation, negative_slope, bias is not None),))
     if xd.ndim == 1:
         return fn.apply(x.reshape(1, -1), weight, *(() if bias is None else (bias,))).reshape(-1)
     if bias is None:

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from .. import _config
 from .. import functional as F
+from ..linear_chain import Run, linear_chain
 from ..training import TrainingMixin
 from . import init
 from .module import Module, Parameter
@@ -197,11 +198,17 @@ class Sequential(TrainingMixin, Module):
         return self
 
     def _plan(self):
-        """[(module, activation, negative_slope)]: a Linear followed by a fusable activation
-        becomes one entry. Rebuilt whenever the children change."""
-        plan = self.__dict__.get("_fusion_plan")
-        if plan is not None:
-            return plan
+        """[(module, activation)]: a Linear followed by a fusable activation becomes one entry
+        (activation None otherwise). Rebuilt whenever the children change."""
+        return self._plans()[0]
+
+    def _plans(self):
+        """``(plan, runs)``: ``plan`` as :meth:`_plan`; ``runs`` the same entries with each
+        stretch of consecutive Linear entries gathered into a list (one graph node each, see
+        ``nnx.linear_chain``). Cached until the children change."""
+        cached = self.__dict__.get("_fusion_plan")
+        if cached is not None:
+            return cached
         mods = list(self._modules.values())
         plan, i = [], 0
         while i < len(mods):
@@ -213,15 +220,31 @@ class Sequential(TrainingMixin, Module):
             else:
                 plan.append((m, None))
                 i += 1
-        object.__setattr__(self, "_fusion_plan", plan)
-        return plan
+        runs = []
+        for m, act in plan:
+            if type(m) is Linear:
+                if runs and type(runs[-1]) is Run:
+                    runs[-1].append((m, act))
+                else:
+                    runs.append(Run([(m, act)]))
+            else:
+                runs.append(m)
+        cached = (plan, runs)
+        object.__setattr__(self, "_fusion_plan", cached)
+        return cached
 
     def forward(self, x):
-        for m, act in self._plan():
-            if act is None:
-                x = m(x)
+        for run in self._plans()[1]:
+            if type(run) is not Run:
+                x = run(x)
+                continue
+            y = linear_chain(x, run)
+            if y is None:  # not chainable as given: layer by layer (and their errors)
+                for m, act in run:
+                    x = m(x) if act is None else m.forward(
+                        x, act.fused_activation, act.__dict__.get("negative_slope", 0.01))
             else:
-                x = m.forward(x, act.fused_activation, act.__dict__.get("negative_slope", 0.01))
+                x = y
         return x
 
 

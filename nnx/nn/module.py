@@ -49,6 +49,7 @@ class Parameter(Tensor):
             self._set_data(self._backend.asarray(value))
             return
         _DATA.__set__(self, value)
+        _config.layout_version[0] += 1
 
     def _set_data(self, array, backend=None):
         """Replace the storage (device or dtype move): any flat-buffer membership ends."""
@@ -56,6 +57,7 @@ class Parameter(Tensor):
         self._gbuf = None
         self._grad = None
         _DATA.__set__(self, array)
+        _config.layout_version[0] += 1
         if backend is not None:
             self._backend = backend
 
@@ -77,6 +79,7 @@ class Module:
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name, value):
+        _config.layout_version[0] += 1
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("call Module.__init__() before assigning attributes")
@@ -105,6 +108,7 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
+        _config.layout_version[0] += 1
         if name in self._parameters:
             del self._parameters[name]
         elif name in self._modules:
@@ -116,11 +120,13 @@ class Module:
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter or None")
+        _config.layout_version[0] += 1
         self._parameters[name] = param
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module")
+        _config.layout_version[0] += 1
         self._modules[str(name)] = module
         self.__dict__.pop("_fusion_plan", None)
 
