@@ -145,11 +145,11 @@ class NumpyBackend(Backend):
         if x.size <= _SMALL:
             # branch-free, least dispatch: exp(min(x, 0)) / (1 + exp(-|x|))
             num = np.minimum(x, zero)
-            np.exp(num, num)
-            e = np.abs(x)
+            e = np.abs(x, out)  # x's last read: out may be x itself
             np.negative(e, e)
             np.exp(e, e)
             np.add(e, one, e)
+            np.exp(num, num)
             return np.divide(num, e, out)
         # one exp: the numerator is e for x < 0 and 1 for x >= 0, i.e. max(e, x >= 0)
         pos = np.greater_equal(x, zero)  # before writing: out may be x itself

@@ -118,6 +118,21 @@ def _check_finite(fn, phase, arr, backend):
 
 
 _new_tensor = None  # set by nnx.tensor (avoids an import cycle)
+_UNIT_SEEDS = {}
+
+
+def _unit_seed(b, dt):
+    """The 0-d 1.0 that ``loss.backward()`` starts from. On the CPU one read-only array per
+    dtype is reused (a backward that wrote into its incoming gradient would raise, not corrupt
+    the next step's seed); elsewhere a fresh one."""
+    if b.name != "numpy":
+        return b.xp.asarray(1.0, dtype=dt)
+    seed = _UNIT_SEEDS.get(dt)
+    if seed is None:
+        seed = np.asarray(1.0, dtype=dt)
+        seed.setflags(write=False)
+        _UNIT_SEEDS[dt] = seed
+    return seed
 
 
 def backward(root, grad=None, retain_graph=False):
@@ -132,7 +147,7 @@ def backward(root, grad=None, retain_graph=False):
             raise GraphError(f"backward(): grad can be implicitly created only for a scalar output, "
                              f"got shape {tuple(root.shape)}; pass a gradient argument")
         shape, dt = root.data.shape, root.data.dtype
-        seed = b.xp.ones(shape, dtype=dt) if shape else b.xp.asarray(1.0, dtype=dt)
+        seed = _unit_seed(b, dt) if not shape else b.xp.ones(shape, dtype=dt)
     else:
         seed = grad.data if hasattr(grad, "_backend") else b.asarray(grad, dtype=root.data.dtype)
         if tuple(seed.shape) != tuple(root.shape):

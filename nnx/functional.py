@@ -409,19 +409,30 @@ def _c(value, dtype):
     key = (value, dtype)
     c = _CONSTS.get(key)
     if c is None:
+        if len(_CONSTS) > 4096:  # batch-size-dependent scales: keep the cache bounded
+            _CONSTS.clear()
         c = _CONSTS[key] = np.dtype(dtype).type(value)
     return c
 
 
-def _clamped_log(xp, a, out=None):
+_BCE_CONSTS = {}
+
+
+def _bce_consts(dt):
+    """``(1, tiny, -100, 1e-12)`` as scalars of ``dt``; tiny is the smallest subnormal, whose
+    log is below -100 in every float dtype (so clamping at it before the log changes nothing)."""
+    k = _BCE_CONSTS.get(dt)
+    if k is None:
+        t = np.dtype(dt).type
+        k = _BCE_CONSTS[dt] = (t(1.0), t(np.finfo(dt).smallest_subnormal), t(-100.0), t(1e-12))
+    return k
+
+
+def _clamped_log(xp, a, tiny, m100):
     """max(log(a), -100) without ever evaluating log(0): PyTorch's BCE clamp."""
-    dt = a.dtype
-    tiny = _CONSTS.get(("tiny", dt))
-    if tiny is None:  # log(smallest subnormal) < -100 in every float dtype
-        tiny = _CONSTS[("tiny", dt)] = dt.type(np.finfo(dt).smallest_subnormal)
-    out = xp.maximum(a, tiny, out=out)
+    out = xp.maximum(a, tiny)
     xp.log(out, out=out)
-    return xp.maximum(out, _c(-100.0, dt), out=out)
+    return xp.maximum(out, m100, out=out)
 
 
 class BCELoss(Function):
@@ -433,10 +444,10 @@ class BCELoss(Function):
 
     def forward(self, p, t):
         xp = self.xp
-        dt = p.dtype
-        onem = xp.subtract(_c(1.0, dt), p)
-        logp = _clamped_log(xp, p)
-        log1mp = _clamped_log(xp, onem)
+        one, tiny, m100, _ = _bce_consts(p.dtype)
+        onem = xp.subtract(one, p)
+        logp = _clamped_log(xp, p, tiny, m100)
+        log1mp = _clamped_log(xp, onem, tiny, m100)
         # -(t log p + (1 - t) log(1 - p)) = -(t (log p - log(1 - p)) + log(1 - p))
         logp -= log1mp
         logp *= t
@@ -445,20 +456,20 @@ class BCELoss(Function):
         if self.reduction == "none":
             return xp.negative(logp, out=logp)
         s = logp.sum()
-        return s * _c(-1.0 / p.size, dt) if self.reduction == "mean" else -s
+        return s * _c(-1.0 / p.size, p.dtype) if self.reduction == "mean" else -s
 
     def backward(self, gy):
         p, t = self.p, self.t
         xp = self.xp
         dt = p.dtype
         need = self.needs_input_grad
-        scale = 1.0 / p.size if self.reduction == "mean" else 1.0
+        mean = self.reduction == "mean"
         g = gt = None
         if need[0]:
             pq = xp.multiply(self.onem, p)  # p (1 - p)
-            den = xp.maximum(pq, _c(1e-12, dt))
-            if scale != 1.0:
-                den *= _c(p.size, dt)  # (p - t) / (den / scale)
+            den = xp.maximum(pq, _bce_consts(dt)[3])
+            if mean:
+                den *= _c(p.size, dt)  # (p - t) / (den * n)
             g = xp.subtract(p, t)
             g /= den
             if not self.unit_grad:
@@ -470,8 +481,10 @@ class BCELoss(Function):
                 # unchanged, i.e. p has no other consumer.
                 c.grad_shortcut = (g, pq.__imul__(g))
         if need[1]:
-            gt = _clamped_log(xp, self.onem) - _clamped_log(xp, p)
-            gt *= _c(scale, dt)
+            _, tiny, m100, _ = _bce_consts(dt)
+            gt = _clamped_log(xp, self.onem, tiny, m100) - _clamped_log(xp, p, tiny, m100)
+            if mean:
+                gt *= _c(1.0 / p.size, dt)
             gt *= gy
         return g, gt
 
