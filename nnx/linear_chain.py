@@ -52,7 +52,7 @@ def _chain_spec(run, dt, width):
     params, spec, in_width = [], [], width
     for m, act in run:
         p = m._parameters
-        w, b = p["weight"], p["bias"]
+        w, b = p["weight"], p.get("bias")
         wd = w.data
         if wd.dtype != dt or wd.ndim != 2 or wd.shape[1] != width:
             return None

@@ -46,7 +46,10 @@ class Linear(Module):
         from ..tensor import _wrap
 
         self.weight = Parameter(_wrap(b.xp.empty((self.out_features, self.in_features), dtype=dt), b))
-        self.bias = Parameter(_wrap(b.xp.empty((self.out_features,), dtype=dt), b)) if bias else None
+        if bias:
+            self.bias = Parameter(_wrap(b.xp.empty((self.out_features,), dtype=dt), b))
+        else:  # registered as None, as in PyTorch: no "bias" in state_dict, forward adds nothing
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self):
