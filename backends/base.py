@@ -111,7 +111,7 @@ class Backend(abc.ABC):
         ``aux`` is what ``bias_act_`` returned for this activation, if anything (the NumPy twin's
         mask, so the backward is one pass); the result is the same either way.
 
-        ``y`` may be x or relu(x).
+        ``y`` may be x or relu(x). ``out`` may be ``gy`` itself (an in-place backward).
         """
 
     @abc.abstractmethod

@@ -57,12 +57,17 @@ class CupyBackend(Backend):
 
     name = "cupy"
 
-    def __init__(self, device_id: int = 0):
-        import cupy
+    @property
+    def cupyx(self):
+        """``cupyx`` (pinned host memory for the DataLoader's prefetch), imported on first use."""
         import cupyx
 
+        return cupyx
+
+    def __init__(self, device_id: int = 0):
+        import cupy
+
         self.xp = cupy
-        self.cupyx = cupyx  # pinned host memory for the DataLoader's prefetch
         self.array_type = cupy.ndarray
         self.device_id = int(device_id)
         self.device = f"cuda:{self.device_id}"

@@ -188,7 +188,11 @@ class NumpyBackend(Backend):
             np.bitwise_and(gy.view(it), aux, out.view(it))
             return out
         if gy.dtype not in _INT_VIEW or not gy.flags.c_contiguous or not out.flags.c_contiguous:
-            np.multiply(gy, y > 0, out=out)  # NOTE: NaN * 0 is NaN here (strided inputs only)
+            # strided or non-float: a masked copy, so a NaN or inf gy still gives 0 where y <= 0
+            off = np.logical_not(np.greater(y, 0))
+            if out is not gy:
+                np.copyto(out, gy)
+            np.copyto(out, 0, where=off)
             return out
         # gy where y > 0 else 0, as a bit mask (5x faster than gy * (y > 0) and, like the CUDA
         # kernel and PyTorch, 0 where y <= 0 even when gy is NaN or inf)

@@ -239,6 +239,7 @@ class LinearChain(Function):
         grads = [None] * len(need)
         hs, auxes, params, layers = self.hs, self.auxes, self.params, self.layers
         g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
+        own = None  # g once it is this node's own array (not the incoming gy): reused as output
         iw = len(need)
         for k in range(len(layers) - 1, -1, -1):
             act, slope, has_bias = layers[k]
@@ -249,7 +250,7 @@ class LinearChain(Function):
                 g = shortcut[1].reshape(g.shape) if shortcut is not None and shortcut[0] is gy \
                     else be.sigmoid_bwd(hs[k + 1], g)
             elif act == "relu":
-                g = be.relu_bwd(hs[k + 1], g, aux=auxes[k])
+                g = be.relu_bwd(hs[k + 1], g, out=own, aux=auxes[k])
             elif act == "leaky_relu":  # y has x's sign because the slope is positive
                 g = be.leaky_relu_bwd(hs[k + 1], g, slope)
             elif act == "tanh":
@@ -269,7 +270,7 @@ class LinearChain(Function):
                     grads[iw + 1] = be.sum_rows(g)
             if lowest >= iw:
                 return grads
-            g = xp.dot(g, params[iw - 1])  # gradient w.r.t. this layer's input
+            g = own = xp.dot(g, params[iw - 1])  # gradient w.r.t. this layer's input
         grads[0] = g if len(self.lead) == 1 else g.reshape(self.lead + (g.shape[-1],))
         return grads
 

@@ -309,6 +309,24 @@ def test_sigmoid_extremes(cb, nb, dtype):
     assert np.isfinite(g).all() and (g >= 0).all()
 
 
+def test_relu_bwd_in_place(cb, nb):
+    """``relu_bwd(y, gy, out=gy)`` is allowed (LinearChain reuses its own gradient arrays)."""
+    x = np.array([[-2.0, -0.0, 0.0, 3.0], [1.0, -1.0, 5.0, -7.0]], np.float32)
+    gy_host = np.array([[1.0, 2.0, 4.0, 8.0], [np.nan, np.inf, 3.0, 2.0]], np.float32)
+    want = np.where(x > 0, gy_host, 0.0)
+    for b in (cb, nb):
+        y = b.asarray(x.copy())
+        aux = b.bias_act_(y, None, "relu")
+        for a in (aux, None):
+            gy = b.asarray(gy_host.copy())
+            got = b.relu_bwd(y, gy, out=gy, aux=a)
+            np.testing.assert_array_equal(b.to_host(gy), want)
+            np.testing.assert_array_equal(b.to_host(got), want)
+    gy = gy_host.copy(order="F")  # the strided fallback of the twin
+    nb.relu_bwd(x, gy, out=gy)
+    np.testing.assert_array_equal(gy, want)  # NaN and inf gy still give 0 where y <= 0
+
+
 def test_relu_and_leaky_relu_at_zero(cb):
     x = cb.asarray(np.array([-2.0, -0.0, 0.0, 3.0], np.float32))
     gy = cb.asarray(np.array([1.0, 2.0, 4.0, 8.0], np.float32))
