@@ -121,11 +121,11 @@ _new_tensor = None  # set by nnx.tensor (avoids an import cycle)
 _UNIT_SEEDS = {}
 
 
-def _unit_seed(b, dt):
-    """The 0-d 1.0 that ``loss.backward()`` starts from. On the CPU one read-only array per
-    dtype is reused (a backward that wrote into its incoming gradient would raise, not corrupt
-    the next step's seed); elsewhere a fresh one."""
-    if b.name != "numpy":
+def _unit_seed(b, dt, top):
+    """The 0-d 1.0 that ``loss.backward()`` starts from. On the CPU, for nnx's own ops (none
+    writes into its incoming gradient), one read-only array per dtype is reused; a user's
+    Function, or another backend, gets a fresh one."""
+    if b.name != "numpy" or not type(top).__module__.startswith("nnx."):
         return b.xp.asarray(1.0, dtype=dt)
     seed = _UNIT_SEEDS.get(dt)
     if seed is None:
@@ -147,7 +147,7 @@ def backward(root, grad=None, retain_graph=False):
             raise GraphError(f"backward(): grad can be implicitly created only for a scalar output, "
                              f"got shape {tuple(root.shape)}; pass a gradient argument")
         shape, dt = root.data.shape, root.data.dtype
-        seed = _unit_seed(b, dt) if not shape else b.xp.ones(shape, dtype=dt)
+        seed = b.xp.ones(shape, dtype=dt) if shape else _unit_seed(b, dt, root.creator)
     else:
         seed = grad.data if hasattr(grad, "_backend") else b.asarray(grad, dtype=root.data.dtype)
         if tuple(seed.shape) != tuple(root.shape):

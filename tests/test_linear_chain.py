@@ -257,3 +257,20 @@ def test_cross_entropy_labels_of_every_integer_dtype(dtype):
     if np.dtype(dtype).kind == "i":
         with pytest.raises(nnx.LabelError, match="label -1"):
             F.cross_entropy(logits, nnx.tensor(np.array([0, -1, 2], dtype)))
+
+
+def test_custom_function_may_write_into_its_incoming_gradient():
+    from nnx.autograd import Function
+
+    class Double(Function):
+        def forward(self, x):
+            return x.sum()
+
+        def backward(self, gy):
+            gy *= 2  # in place on the seed of loss.backward()
+            return (self.xp.ones((3,), dtype=gy.dtype) * gy,)
+
+    for _ in range(2):  # the second backward must see a fresh 1.0, not the doubled one
+        x = nnx.tensor(np.ones(3, np.float32), requires_grad=True)
+        Double().apply(x).backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [2, 2, 2])
