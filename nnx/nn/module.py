@@ -28,12 +28,7 @@ class Parameter(Tensor):
             data = tensor(data)
         _init_slots(self, data.data, data._backend, bool(requires_grad))
 
-    @property
-    def data(self):
-        return _DATA.__get__(self, Parameter)
-
-    @data.setter
-    def data(self, value):
+    def _assign_data(self, value):
         """``p.data = new`` (as in PyTorch). A parameter an optimizer keeps in its flat buffer
         takes same-shape, same-dtype values by copy, so the optimizer keeps updating it; any
         other new storage leaves the buffer, and the optimizer re-flattens on its next step."""
@@ -50,6 +45,10 @@ class Parameter(Tensor):
             return
         _DATA.__set__(self, value)
         _config.layout_version[0] += 1
+
+    # the getter is the slot's own C-level __get__ (no Python frame: read on every op's input)
+    data = property(_DATA.__get__, _assign_data,
+                    doc="The parameter's backend array; assignable (see ``_assign_data``).")
 
     def _set_data(self, array, backend=None):
         """Replace the storage (device or dtype move): any flat-buffer membership ends."""
