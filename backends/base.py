@@ -37,6 +37,20 @@ class Backend(abc.ABC):
     xp: Any
     device: str
 
+    # ------------------------------------------------------------------ identity
+    # One backend per device and process (tensors compare backends by identity): a copied or
+    # unpickled reference resolves to this process's backend of the same device.
+    def __reduce__(self):
+        from . import get_backend
+
+        return (get_backend, (self.device,))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     # ------------------------------------------------------------------ arrays and devices
     @abc.abstractmethod
     def asarray(self, data, dtype=None):

@@ -41,13 +41,20 @@ def _s(value, dtype):
     return c
 
 
-def _max_unsigned(labels):
-    """The largest label with negative ones counted as huge: one reduction that is < C exactly
-    when every label lies in [0, C)."""
+def _labels_in_range(labels, c):
+    """Whether every label lies in [0, c), in one reduction.
+
+    Signed labels are read as unsigned, so a negative one becomes at least 2**(bits-1): the
+    maximum is below c exactly when all labels are in range, as long as c <= the dtype's
+    largest value. Above that (int8 labels and 200 classes), every non-negative label is
+    already below c and only the sign needs checking.
+    """
     dt = labels.dtype
     if dt.kind == "i":
+        if c > np.iinfo(dt).max:
+            return np.minimum.reduce(labels, axis=None) >= 0
         labels = labels.view(_UNSIGNED[dt.itemsize])
-    return np.maximum.reduce(labels, axis=None)
+    return np.maximum.reduce(labels, axis=None) < c
 
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -280,7 +287,7 @@ class NumpyBackend(Backend):
         x = logits.astype(np.float32) if out_dtype == np.float16 else logits
         dt = x.dtype
         valid = None
-        if n and not 0 <= ignore_index < c and _max_unsigned(labels) < c:
+        if n and not 0 <= ignore_index < c and _labels_in_range(labels, c):
             safe, count = labels, n  # the common case: every label valid, none ignored
         else:
             valid = labels != ignore_index

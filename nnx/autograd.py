@@ -118,21 +118,6 @@ def _check_finite(fn, phase, arr, backend):
 
 
 _new_tensor = None  # set by nnx.tensor (avoids an import cycle)
-_UNIT_SEEDS = {}
-
-
-def _unit_seed(b, dt, top):
-    """The 0-d 1.0 that ``loss.backward()`` starts from. On the CPU, for nnx's own ops (none
-    writes into its incoming gradient), one read-only array per dtype is reused; a user's
-    Function, or another backend, gets a fresh one."""
-    if b.name != "numpy" or not type(top).__module__.startswith("nnx."):
-        return b.xp.asarray(1.0, dtype=dt)
-    seed = _UNIT_SEEDS.get(dt)
-    if seed is None:
-        seed = np.asarray(1.0, dtype=dt)
-        seed.setflags(write=False)
-        _UNIT_SEEDS[dt] = seed
-    return seed
 
 
 def backward(root, grad=None, retain_graph=False):
@@ -147,7 +132,7 @@ def backward(root, grad=None, retain_graph=False):
             raise GraphError(f"backward(): grad can be implicitly created only for a scalar output, "
                              f"got shape {tuple(root.shape)}; pass a gradient argument")
         shape, dt = root.data.shape, root.data.dtype
-        seed = b.xp.ones(shape, dtype=dt) if shape else _unit_seed(b, dt, root.creator)
+        seed = b.xp.ones(shape, dtype=dt) if shape else b.xp.asarray(1.0, dtype=dt)
     else:
         seed = grad.data if hasattr(grad, "_backend") else b.asarray(grad, dtype=root.data.dtype)
         if tuple(seed.shape) != tuple(root.shape):

@@ -420,19 +420,26 @@ _BCE_CONSTS = {}
 
 
 def _bce_consts(dt):
-    """``(1, tiny, -100, 1e-12)`` as scalars of ``dt``; tiny is the smallest subnormal, whose
-    log is below -100 in every float dtype (so clamping at it before the log changes nothing)."""
+    """``(1, tiny, -100, 1e-12)`` as scalars of ``dt``. tiny is the smallest subnormal where its
+    log is below -100 (float32, float64: clamping at it before the log changes nothing), else
+    None (float16, whose log(tiny) is -16.6: there log(0) = -inf is computed and clamped)."""
     k = _BCE_CONSTS.get(dt)
     if k is None:
         t = np.dtype(dt).type
-        k = _BCE_CONSTS[dt] = (t(1.0), t(np.finfo(dt).smallest_subnormal), t(-100.0), t(1e-12))
+        tiny = np.finfo(dt).smallest_subnormal
+        tiny = t(tiny) if np.log(np.float64(tiny)) < -100 else None
+        k = _BCE_CONSTS[dt] = (t(1.0), tiny, t(-100.0), t(1e-12))
     return k
 
 
 def _clamped_log(xp, a, tiny, m100):
-    """max(log(a), -100) without ever evaluating log(0): PyTorch's BCE clamp."""
-    out = xp.maximum(a, tiny)
-    xp.log(out, out=out)
+    """max(log(a), -100), PyTorch's BCE clamp, without a log(0) warning."""
+    if tiny is None:
+        with np.errstate(divide="ignore"):
+            out = xp.log(a)
+    else:
+        out = xp.maximum(a, tiny)
+        xp.log(out, out=out)
     return xp.maximum(out, m100, out=out)
 
 

@@ -136,6 +136,13 @@ class Tensor:
         """Compute the gradient of this tensor w.r.t. graph leaves (accumulated into ``.grad``)."""
         autograd.backward(self, gradient, retain_graph=retain_graph)
 
+    def __reduce_ex__(self, protocol):
+        """Copies and pickles carry the values, dtype, device, ``requires_grad`` and ``.grad``
+        (as PyTorch's do), not the graph: a copy is a leaf. A Parameter stays a Parameter."""
+        b, g = self._backend, self._grad
+        return (_rebuild, (type(self), b.to_host(self.data), b, self.requires_grad,
+                           None if g is None else b.to_host(g.data)))
+
     def detach(self):
         """A new tensor sharing this data, cut from the graph."""
         return _wrap(self.data, self._backend)
@@ -352,6 +359,15 @@ def _init_slots(t, array, backend, requires_grad=False):
     t._grad = None
     t._grad_owned = False
     t._checks = None
+    return t
+
+
+def _rebuild(cls, host, backend, requires_grad, grad):
+    """The Tensor (or subclass) of ``Tensor.__reduce_ex__``."""
+    t = _init_slots(cls.__new__(cls), backend.asarray(host), backend, requires_grad)
+    if grad is not None:
+        t._grad = _wrap(backend.asarray(grad), backend)
+        t._grad_owned = True
     return t
 
 

@@ -274,3 +274,67 @@ def test_custom_function_may_write_into_its_incoming_gradient():
         x = nnx.tensor(np.ones(3, np.float32), requires_grad=True)
         Double().apply(x).backward()
         np.testing.assert_array_equal(x.grad.numpy(), [2, 2, 2])
+
+
+def test_cross_entropy_small_signed_labels_with_many_classes():
+    """int8 labels read as unsigned are < 256: with C > 127 the sign must be checked instead."""
+    logits = nnx.tensor(np.random.default_rng(14).standard_normal((3, 200)).astype(np.float32))
+    for dt in (np.int8, np.int16):
+        labels = np.array([5, -100, 7], dt)
+        got = F.cross_entropy(logits, nnx.tensor(labels), ignore_index=-100).item()
+        want = F.cross_entropy(logits, nnx.tensor(labels.astype(np.int64)), ignore_index=-100).item()
+        assert got == want
+    wide = nnx.tensor(np.zeros((3, 300), np.float32))
+    with pytest.raises(nnx.LabelError, match="label -1"):
+        F.cross_entropy(wide, nnx.tensor(np.array([0, -1, 2], np.int8)))
+
+
+def test_direct_registry_edits_reach_the_chain():
+    nnx.manual_seed(15)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1))
+    x = nnx.tensor(np.array([[0.5, -1.0]], np.float32))
+    model(x)
+    model[2]._parameters["weight"] = nn.Parameter(np.full((1, 2), 3.0, np.float32))
+    np.testing.assert_array_equal(model(x).numpy(), layer_by_layer(model, x).numpy())
+    model._modules["2"] = nn.Linear(2, 4)
+    assert model(x).shape == (1, 4)
+
+
+def test_a_replaced_forward_is_called():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    x = nnx.tensor(np.ones((1, 2), np.float32))
+    model(x)
+    calls = []
+    inner = model[2].forward
+
+    def traced(h, *args):
+        calls.append(h.shape)
+        return inner(h, *args)
+
+    model[2].forward = traced
+    model(x)
+    assert calls == [(1, 3)]
+
+
+def test_bce_float16_clamps_log0_at_minus_100():
+    p = nnx.tensor(np.array([0.0, 1.0, 0.5], np.float16))
+    t = nnx.tensor(np.array([1.0, 0.0, 1.0], np.float16))
+    got = F.binary_cross_entropy(p, t, reduction="none").numpy()
+    np.testing.assert_allclose(got.astype(np.float64), [100, 100, np.log(2)], rtol=1e-3)
+
+
+def test_user_function_behind_an_nnx_op_may_write_into_its_gradient():
+    from nnx.autograd import Function
+
+    class Scaled(Function):
+        def forward(self, x):
+            return x.sum()
+
+        def backward(self, gy):
+            gy *= 2
+            return (self.xp.ones((2,), dtype=gy.dtype) * gy,)
+
+    for _ in range(2):
+        x = nnx.tensor(np.ones(2, np.float32), requires_grad=True)
+        (Scaled().apply(x) + 1.0).backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [2, 2])

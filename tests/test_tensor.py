@@ -626,3 +626,31 @@ class TestDevices:
         assert m.weight.device == "cuda:0"
         m.to("cpu")
         assert m.weight.device == "cpu"
+
+
+def test_deepcopy_and_pickle_of_tensors_and_models():
+    import copy
+    import pickle
+
+    nnx.manual_seed(0)
+    model = nnx.nn.Sequential(nnx.nn.Linear(2, 3), nnx.nn.ReLU(), nnx.nn.Linear(3, 1))
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+    x = nnx.tensor(np.ones((2, 2), np.float32))
+    model(x).sum().backward()
+    opt.step()
+    want = model(x).numpy()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone[0].weight) is nnx.nn.Parameter and clone[0].weight.requires_grad
+        np.testing.assert_array_equal(clone(x).numpy(), want)
+        np.testing.assert_array_equal(clone[0].weight.grad.numpy(), model[0].weight.grad.numpy())
+        # independent storage, trainable on its own
+        opt2 = nnx.optim.SGD(clone.parameters(), lr=0.5)
+        opt2.zero_grad()
+        clone(x).sum().backward()
+        opt2.step()
+        np.testing.assert_array_equal(model(x).numpy(), want)
+        assert not np.array_equal(clone(x).numpy(), want)
+    t = nnx.tensor([1.0, 2.0], requires_grad=True)
+    c = copy.deepcopy(t)
+    assert c.backend is t.backend and c.requires_grad and c.grad_fn is None
+    np.testing.assert_array_equal((t + c).detach().numpy(), [2.0, 4.0])  # same device

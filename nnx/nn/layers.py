@@ -206,18 +206,20 @@ class Sequential(TrainingMixin, Module):
         return self._plans()[0]
 
     def _plans(self):
-        """``(plan, runs)``: ``plan`` as :meth:`_plan`; ``runs`` the same entries with each
-        stretch of consecutive Linear entries gathered into a list (one graph node each, see
-        ``nnx.linear_chain``). Cached until the children change."""
+        """``(plan, runs, version)``: ``plan`` as :meth:`_plan`; ``runs`` the same entries with
+        each stretch of consecutive Linear entries gathered into a :class:`Run` (one graph node
+        each, see ``nnx.linear_chain``). Cached until the layout changes (``version``)."""
         cached = self.__dict__.get("_fusion_plan")
-        if cached is not None:
+        version = _config.layout_version[0]
+        if cached is not None and cached[2] == version:
             return cached
         mods = list(self._modules.values())
         plan, i = [], 0
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if type(m) is Linear and type(nxt) in _FUSABLE_TYPES and nxt.fused_activation:
+            if _plain_linear(m) and type(nxt) in _FUSABLE_TYPES and nxt.fused_activation \
+                    and "forward" not in nxt.__dict__:
                 plan.append((m, nxt))
                 i += 2
             else:
@@ -225,14 +227,14 @@ class Sequential(TrainingMixin, Module):
                 i += 1
         runs = []
         for m, act in plan:
-            if type(m) is Linear:
+            if _plain_linear(m):
                 if runs and type(runs[-1]) is Run:
                     runs[-1].append((m, act))
                 else:
                     runs.append(Run([(m, act)]))
             else:
                 runs.append(m)
-        cached = (plan, runs)
+        cached = (plan, runs, version)
         object.__setattr__(self, "_fusion_plan", cached)
         return cached
 
@@ -252,3 +254,9 @@ class Sequential(TrainingMixin, Module):
 
 
 _FUSABLE_TYPES = (Sigmoid, ReLU, Tanh, LeakyReLU)
+
+
+def _plain_linear(m):
+    """An ``nn.Linear`` itself (not a subclass) whose ``forward`` nobody replaced on the
+    instance: the layers Sequential may run fused."""
+    return type(m) is Linear and "forward" not in m.__dict__

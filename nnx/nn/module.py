@@ -64,6 +64,40 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+class _Registry(OrderedDict):
+    """A module's ``_parameters`` / ``_modules``: every change bumps ``_config.layout_version``,
+    so plans cached against the layout (``Sequential``'s fusion plan, ``nnx.linear_chain``)
+    follow even direct edits of these dicts."""
+
+    def __setitem__(self, key, value):
+        _config.layout_version[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        _config.layout_version[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        _config.layout_version[0] += 1
+        return super().pop(*args)
+
+    def popitem(self, last=True):
+        _config.layout_version[0] += 1
+        return super().popitem(last)
+
+    def clear(self):
+        _config.layout_version[0] += 1
+        super().clear()
+
+    def setdefault(self, key, default=None):
+        _config.layout_version[0] += 1
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        _config.layout_version[0] += 1
+        super().update(*args, **kwargs)
+
+
 class Module:
     """Base class of layers and models.
 
@@ -72,8 +106,8 @@ class Module:
     """
 
     def __init__(self):
-        object.__setattr__(self, "_parameters", OrderedDict())
-        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_parameters", _Registry())
+        object.__setattr__(self, "_modules", _Registry())
         object.__setattr__(self, "training", True)
 
     # ------------------------------------------------------------------ registration
