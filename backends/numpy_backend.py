@@ -23,6 +23,7 @@ _RELU_INT_MAX = 1 << 17
 
 _INT_VIEW = {np.dtype(np.float16): (np.int16, 15), np.dtype(np.float32): (np.int32, 31),
              np.dtype(np.float64): (np.int64, 63)}
+_INT_MIN = {it: np.iinfo(it).min for it, _ in _INT_VIEW.values()}  # the bits of -0.0
 _SCALARS = {}
 
 
@@ -234,8 +235,17 @@ class NumpyBackend(Backend):
                 self.relu_fwd(y, out=y)
                 return None
             # the exact y > 0 mask, kept for the backward (one pass there instead of four)
-            bits = y.view(_INT_VIEW[y.dtype][0])
-            mask = _positive_mask(y)
+            it, shift = _INT_VIEW[y.dtype]
+            bits = y.view(it)
+            if bias is not None and np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it]:
+                # No -0.0 in the bias, so none in y: a sum is -0.0 only when both terms are.
+                # Then (0 - bits) >> (width - 1) is exact (the negation overflows only for
+                # -0.0's bits) and one pass shorter than _positive_mask. (It keeps the smallest
+                # subnormal, 1.4e-45, as PyTorch's CPU ReLU does; _positive_mask flushes it.)
+                mask = np.negative(bits)
+                np.right_shift(mask, shift, out=mask)
+            else:
+                mask = _positive_mask(y)
             np.bitwise_and(bits, mask, bits)
             return mask
         elif activation == "leaky_relu":

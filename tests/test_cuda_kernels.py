@@ -366,6 +366,28 @@ def test_bias_act(cb, nb, activation, shape, dtype):
     close(got, twin, TWIN_TOL[dtype], f"{activation} vs twin")
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+def test_twin_relu_mask_is_exactly_y_positive(nb, dtype):
+    """The ReLU mask bias_act_ hands to the backward is exactly y > 0 after the bias, whether
+    the bias holds -0.0 (the general path) or not (the one-pass-shorter path), and y ends +0.0
+    wherever it is not positive."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, (16, 8)).astype(dtype)
+    z[0, :] = 0.0  # exact zeros and -0.0 before the bias
+    z[1, :] = -0.0
+    z[2, :4] = np.nan
+    for b in (rng.normal(0, 1, 8).astype(dtype), np.zeros(8, dtype), np.full(8, -0.0, dtype)):
+        y = z.copy()
+        mask = nb.bias_act_(y, b, "relu")
+        s = z + b
+        keep = np.where(np.isnan(s), ~np.signbit(s), s > 0)  # a +NaN passes, as in PyTorch
+        np.testing.assert_array_equal(mask != 0, keep)
+        np.testing.assert_array_equal(y[keep], s[keep])
+        assert not np.signbit(y[~keep]).any() and (y[~keep] == 0).all()  # +0.0, never -0.0
+        g = rng.normal(0, 1, z.shape).astype(dtype)
+        np.testing.assert_array_equal(nb.relu_bwd(y, g.copy(), aux=mask), np.where(keep, g, 0))
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_bias_act_no_bias_and_strided(cb, activation):
     rng = np.random.default_rng(3)
