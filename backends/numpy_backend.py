@@ -52,13 +52,14 @@ def _labels_in_range(labels, c):
     """
     dt = labels.dtype
     if dt.kind == "i":
-        if c > np.iinfo(dt).max:
+        if c > _SIGNED_MAX[dt.itemsize]:
             return np.minimum.reduce(labels, axis=None) >= 0
         labels = labels.view(_UNSIGNED[dt.itemsize])
     return np.maximum.reduce(labels, axis=None) < c
 
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_SIGNED_MAX = {n: (1 << (8 * n - 1)) - 1 for n in _UNSIGNED}
 
 
 def _positive_mask(y):
