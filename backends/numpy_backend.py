@@ -238,7 +238,8 @@ class NumpyBackend(Backend):
             # the exact y > 0 mask, kept for the backward (one pass there instead of four)
             it, shift = _INT_VIEW[y.dtype]
             bits = y.view(it)
-            if bias is not None and np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it]:
+            if bias is not None and bias.dtype == y.dtype \
+                    and np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it]:
                 # No -0.0 in the bias, so none in y: a sum is -0.0 only when both terms are.
                 # Then (0 - bits) >> (width - 1) is exact (the negation overflows only for
                 # -0.0's bits) and one pass shorter than _positive_mask. (It keeps the smallest
