@@ -103,15 +103,19 @@ def log_sigmoid(x):
 
 
 # ---------------------------------------------------------------------- softmax
+def _max_shifted(xp, x, axis):
+    """x minus its max along ``axis`` (a max that is not finite counts as 0), the stable
+    argument of softmax's exp."""
+    m = x.max(axis=axis, keepdims=True)
+    return x - xp.where(xp.isfinite(m), m, 0)
+
+
 class Softmax(Function):
     def __init__(self, axis):
         self.axis = axis
 
     def forward(self, x):
-        xp = self.xp
-        m = x.max(axis=self.axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)
-        y = xp.exp(x - m)
+        y = self.xp.exp(_max_shifted(self.xp, x, self.axis))
         y /= y.sum(axis=self.axis, keepdims=True)
         self.y = y
         return y
@@ -129,9 +133,7 @@ class LogSoftmax(Function):
 
     def forward(self, x):
         xp = self.xp
-        m = x.max(axis=self.axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)
-        z = x - m
+        z = _max_shifted(xp, x, self.axis)
         with np.errstate(divide="ignore"):
             z -= xp.log(xp.exp(z).sum(axis=self.axis, keepdims=True))
         self.y = z

@@ -24,6 +24,14 @@ class Run(list):
         self.cached = None
 
 
+def fused_args(act):
+    """``(activation, negative_slope)`` for the bias+activation kernel of a Linear followed by
+    the activation module ``act`` (None: no activation)."""
+    if act is None:
+        return "linear", 0.01
+    return act.fused_activation, act.__dict__.get("negative_slope", 0.01)
+
+
 def linear_chain(x, run):
     """Run the layers of ``run`` (a :class:`Run`) on ``x`` as one :class:`LinearChain` node.
 
@@ -62,9 +70,5 @@ def _chain_spec(run, dt, width):
             if b.data.dtype != dt:
                 return None
             params.append(b)
-        if act is None:
-            spec.append(("linear", 0.01, b is not None))
-        else:
-            spec.append((act.fused_activation, act.__dict__.get("negative_slope", 0.01),
-                         b is not None))
+        spec.append(fused_args(act) + (b is not None,))
     return version, dt, in_width, tuple(params), tuple(spec)

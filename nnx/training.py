@@ -28,6 +28,7 @@ import numpy as np
 from . import _config
 from . import functional as F
 from .errors import CheckpointError, ShapeError
+from .linear_chain import fused_args
 from .tensor import Tensor, _wrap, host_array
 
 __all__ = ["TrainingMixin", "History", "load_model", "load_checkpoint", "layer_config",
@@ -496,7 +497,6 @@ class TrainingMixin:
                 p = next(iter(self.parameters()), None)
                 m.build(prev, device=p.device if p is not None else None,
                         dtype=p.dtype if p is not None else None)
-                self.__dict__.pop("_fusion_plan", None)
 
     def _output_features(self):
         """The size of the model's last axis as far as the layers tell, or None."""
@@ -1099,8 +1099,7 @@ class TrainingMixin:
 
 # ============================================================================ helpers
 def _fused_step(m, act):
-    name = act.fused_activation
-    slope = getattr(act, "negative_slope", 0.01)
+    name, slope = fused_args(act)
 
     def step(x):
         return m.forward(x, name, slope)

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from .. import _config
 from .. import functional as F
-from ..linear_chain import Run, linear_chain
+from ..linear_chain import Run, fused_args, linear_chain
 from ..training import TrainingMixin
 from . import init
 from .module import Module, Parameter
@@ -246,8 +246,7 @@ class Sequential(TrainingMixin, Module):
             y = linear_chain(x, run)
             if y is None:  # not chainable as given: layer by layer (and their errors)
                 for m, act in run:
-                    x = m(x) if act is None else m.forward(
-                        x, act.fused_activation, act.__dict__.get("negative_slope", 0.01))
+                    x = m(x) if act is None else m.forward(x, *fused_args(act))
             else:
                 x = y
         return x

@@ -122,7 +122,6 @@ class Module:
         elif isinstance(value, Module):
             params.pop(name, None)
             self._modules[name] = value
-            self.__dict__.pop("_fusion_plan", None)
         elif name in params and value is None:
             params[name] = None
         else:
@@ -146,22 +145,18 @@ class Module:
             del self._parameters[name]
         elif name in self._modules:
             del self._modules[name]
-            self.__dict__.pop("_fusion_plan", None)
         else:
             object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter or None")
-        _config.layout_version[0] += 1
-        self._parameters[name] = param
+        self._parameters[name] = param  # the registry bumps the layout version
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module")
-        _config.layout_version[0] += 1
-        self._modules[str(name)] = module
-        self.__dict__.pop("_fusion_plan", None)
+        self._modules[str(name)] = module  # the registry bumps the layout version
 
     register_module = add_module
 
