@@ -21,7 +21,11 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-ACTIVATIONS = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
+from . import activations as _acts
+
+#: The built-in activation names ``bias_act_`` takes ("linear": none); ``backends.activations``
+#: holds the entries (and any registered later: ``backends.activations.names()``).
+ACTIVATIONS = _acts.names(with_linear=True)
 
 
 class Backend(abc.ABC):
@@ -106,42 +110,51 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ fused kernels
     @abc.abstractmethod
+    def activation_forward(self, name: str, x, negative_slope: float = 0.01, out=None):
+        """y = act(x) for the ``backends.activations`` entry ``name`` (``out`` may be x)."""
+
+    @abc.abstractmethod
+    def activation_backward(self, name: str, saved, gy, negative_slope: float = 0.01, out=None,
+                            aux=None):
+        """gx from the entry's saved value (its output y, or its input x: the entry's
+        ``saves``) and the incoming gradient ``gy``; ``out`` may be ``gy`` itself. ``aux`` is
+        what ``bias_act_`` returned for this activation, if anything (the NumPy twin's ReLU
+        mask, so the backward is one pass); the result is the same either way."""
+
+    # The named forms of the activations (the same kernels).
     def sigmoid_fwd(self, x, out=None):
         """y = 1 / (1 + exp(-x)), stable in both tails (``e = exp(-|x|)`` with a sign branch)."""
+        return self.activation_forward("sigmoid", x, out=out)
 
-    @abc.abstractmethod
     def sigmoid_bwd(self, y, gy, out=None):
         """gx = gy * y * (1 - y), from the saved output ``y``."""
+        return self.activation_backward("sigmoid", y, gy, out=out)
 
-    @abc.abstractmethod
     def relu_fwd(self, x, out=None):
         """y = max(x, 0); NaN stays NaN (as in PyTorch)."""
+        return self.activation_forward("relu", x, out=out)
 
-    @abc.abstractmethod
     def relu_bwd(self, y, gy, out=None, aux=None):
         """gx = gy where y > 0 else 0 (the gradient at exactly 0 is 0, and 0 where y <= 0 even
-        for a NaN or inf gy, as in PyTorch).
+        for a NaN or inf gy, as in PyTorch). ``y`` may be x or relu(x); ``out`` may be ``gy``
+        itself (an in-place backward)."""
+        return self.activation_backward("relu", y, gy, out=out, aux=aux)
 
-        ``aux`` is what ``bias_act_`` returned for this activation, if anything (the NumPy twin's
-        mask, so the backward is one pass); the result is the same either way.
-
-        ``y`` may be x or relu(x). ``out`` may be ``gy`` itself (an in-place backward).
-        """
-
-    @abc.abstractmethod
     def leaky_relu_fwd(self, x, negative_slope: float, out=None):
         """y = x where x >= 0 else negative_slope * x (PyTorch's convention)."""
+        return self.activation_forward("leaky_relu", x, negative_slope, out=out)
 
-    @abc.abstractmethod
     def leaky_relu_bwd(self, x, gy, negative_slope: float, out=None):
         """gx = gy where x > 0 else negative_slope * gy (PyTorch: slope at exactly 0)."""
+        return self.activation_backward("leaky_relu", x, gy, negative_slope, out=out)
 
     @abc.abstractmethod
     def bias_act_(self, y, bias, activation: str, negative_slope: float = 0.01):
         """In place over ``y`` (N, F) with ``bias`` (F,) or None: y = act(y + bias).
 
-        ``activation`` is one of ``ACTIVATIONS``. One pass after a Linear's matmul. Returns None
-        or an opaque ``aux`` array to hand to ``relu_bwd`` (the NumPy twin keeps ReLU's mask).
+        ``activation`` is ``"linear"`` or a ``backends.activations`` name. One pass after a
+        Linear's matmul. Returns None or an opaque ``aux`` array to hand to
+        ``activation_backward`` (the NumPy twin keeps ReLU's mask).
         """
 
     @abc.abstractmethod

@@ -27,6 +27,8 @@ from __future__ import annotations
 import collections
 import functools
 
+from . import activations as _acts
+
 #: Options handed to ``cupy.RawModule`` (CuPy then adds its own: ``--std=c++17``, its include
 #: directories, ``-ftz=true``, ``-arch=sm_XX``, ``--device-as-default-execution-space``).
 NVRTC_OPTIONS: tuple[str, ...] = ()
@@ -50,7 +52,6 @@ CE_WARP_VPTS = (1, 2, 4, 8, 16, 32)
 
 DTYPE_SUFFIX = {"float16": "f16", "float32": "f32", "float64": "f64"}
 LABEL_SUFFIX = {"int32": "i32", "int64": "i64"}
-ACTIVATION_NAMES = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
 
 # ------------------------------------------------------------------------------ type preambles
 _PREAMBLE_COMMON = r"""
@@ -135,36 +136,37 @@ def _preamble(sfx: str) -> str:
 
 
 # ------------------------------------------------------------------------------ elementwise
-# Scalar device functions of the activations (nnx_acc in, nnx_acc out).
-_ACT_FUNCS = r"""
-// Stable in both tails: e = exp(-|x|) never overflows; 1/(1+e) for x >= 0, e/(1+e) below.
-// (0.5*tanh(0.5x)+0.5 returns exactly 0 at x = -20 in float32.) NaN propagates.
-__device__ __forceinline__ nnx_acc nnx_sigmoid(nnx_acc x) {
-    const nnx_acc e = nnx_exp(-nnx_abs(x));
-    const nnx_acc r = (nnx_acc)1 / ((nnx_acc)1 + e);
-    return x >= (nnx_acc)0 ? r : e * r;
-}
-// NOTE: relu(x) = x where x > 0 else 0, NaN propagating (PyTorch, and np.maximum in the twin).
-__device__ __forceinline__ nnx_acc nnx_relu(nnx_acc x) { return x <= (nnx_acc)0 ? (nnx_acc)0 : x; }
-// NOTE: PyTorch's convention: x >= 0 keeps x.
-__device__ __forceinline__ nnx_acc nnx_leaky_relu(nnx_acc x, nnx_acc slope) {
-    return x >= (nnx_acc)0 ? x : slope * x;
-}
+# Scalar device functions of the activations (nnx_acc in, nnx_acc out), one pair per entry of
+# ``backends.activations``: nnx_act_<name>(x, slope) and nnx_act_<name>_bwd(s, g, slope).
+_ACT_FUNC_TEMPLATE = r"""
+__device__ __forceinline__ nnx_acc nnx_act_{name}(const nnx_acc x, const nnx_acc slope) {{
+    return {fwd};
+}}
+__device__ __forceinline__ nnx_acc nnx_act_{name}_bwd(const nnx_acc s, const nnx_acc g,
+                                                      const nnx_acc slope) {{
+    return {bwd};
+}}
 """
 
-# name -> (number of array inputs, extra scalar params, expression over a0, a1 (nnx_acc))
-_EW_OPS = {
-    "sigmoid_fwd": (1, "", "nnx_sigmoid(a0)"),
-    # gx = gy * y * (1 - y) from the saved output y; a0 = y, a1 = gy. Evaluated as
-    # ((1 - y) * y) * gy, the NumPy twin's order (bit-identical for float32/float64).
-    "sigmoid_bwd": (2, "", "((nnx_acc)1 - a0) * a0 * a1"),
-    "relu_fwd": (1, "", "nnx_relu(a0)"),
-    # a0 = y (or x), a1 = gy; the gradient at exactly 0 is 0.
-    "relu_bwd": (2, "", "(a0 > (nnx_acc)0 ? a1 : (nnx_acc)0)"),
-    "leaky_relu_fwd": (1, ", nnx_acc slope", "nnx_leaky_relu(a0, slope)"),
-    # a0 = x, a1 = gy; slope at exactly 0 (PyTorch).
-    "leaky_relu_bwd": (2, ", nnx_acc slope", "(a0 > (nnx_acc)0 ? a1 : slope * a1)"),
-}
+
+def _act_funcs() -> str:
+    parts = []
+    for e in _acts.entries():
+        parts.append(e.cuda_helpers)
+        parts.append(_ACT_FUNC_TEMPLATE.format(name=e.name, fwd=e.cuda_forward, bwd=e.cuda_backward))
+    return "".join(parts)
+
+
+def _ew_ops() -> dict:
+    """name -> (number of array inputs, extra scalar params, expression over a0, a1 (nnx_acc)):
+    ``<act>_fwd`` (a0 = x) and ``<act>_bwd`` (a0 = the saved value, a1 = gy) per activation."""
+    ops = {}
+    for e in _acts.entries():
+        extra, slope = (", nnx_acc slope", "slope") if e.has_slope else ("", "(nnx_acc)0")
+        ops[f"{e.name}_fwd"] = (1, extra, f"nnx_act_{e.name}(a0, {slope})")
+        ops[f"{e.name}_bwd"] = (2, extra, f"nnx_act_{e.name}_bwd(a0, a1, {slope})")
+    return ops
+
 
 # Grid-stride loop, four independent elements per thread per iteration (all loads of an
 # iteration are issued before its stores, so the kernel stays correct when y aliases an input
@@ -196,8 +198,8 @@ nnx_{op}_{sfx}({in_params}nnx_t* y, const nnx_i64 n{extra}) {{
 
 
 def _elementwise_source(sfx: str) -> str:
-    parts = [_preamble(sfx), _ACT_FUNCS]
-    for op, (n_in, extra, expr) in _EW_OPS.items():
+    parts = [_preamble(sfx), _act_funcs()]
+    for op, (n_in, extra, expr) in _ew_ops().items():
         in_params = "".join(f"const nnx_t* x{j}, " for j in range(n_in))
         loads = "\n".join(
             f"            const nnx_acc a{j} = nnx_ld(x{j}[k]);" for j in range(n_in))
@@ -207,14 +209,6 @@ def _elementwise_source(sfx: str) -> str:
 
 
 # ------------------------------------------------------------------------------ bias + act
-_ACT_EXPR = {
-    "linear": "v",
-    "sigmoid": "nnx_sigmoid(v)",
-    "relu": "nnx_relu(v)",
-    "leaky_relu": "nnx_leaky_relu(v, slope)",
-    "tanh": "nnx_tanh(v)",
-}
-
 # In place over y (n = N*F elements, C-contiguous, row-major) with bias (F,) contiguous.
 # Grid-stride loop; the column index is tracked incrementally (one 64-bit modulo per thread,
 # not per element). has_bias = 0 ignores `bias` (the wrapper then passes y as a dummy).
@@ -239,10 +233,11 @@ nnx_bias_{act}_{sfx}(nnx_t* y, const nnx_t* __restrict__ bias, const nnx_i64 n,
 
 
 def _bias_act_source(sfx: str) -> str:
-    parts = [_preamble(sfx), _ACT_FUNCS]
-    for act in ACTIVATION_NAMES:
-        parts.append(_BIAS_ACT_TEMPLATE.format(block=EW_BLOCK, act=act, sfx=sfx,
-                                               expr=_ACT_EXPR[act]))
+    parts = [_preamble(sfx), _act_funcs(),
+             _BIAS_ACT_TEMPLATE.format(block=EW_BLOCK, act=_acts.LINEAR, sfx=sfx, expr="v")]
+    for e in _acts.entries():
+        parts.append(_BIAS_ACT_TEMPLATE.format(block=EW_BLOCK, act=e.name, sfx=sfx,
+                                               expr=f"nnx_act_{e.name}(v, slope)"))
     return "".join(parts)
 
 
@@ -566,9 +561,9 @@ def _kernel_names(mod: str) -> tuple[str, ...]:
     if mod == "ce_common":
         return ("nnx_ce_count_i32", "nnx_ce_count_i64")
     if family == "elementwise":
-        return tuple(f"nnx_{op}_{sfx}" for op in _EW_OPS)
+        return tuple(f"nnx_{op}_{sfx}" for op in _ew_ops())
     if family == "bias_act":
-        return tuple(f"nnx_bias_{act}_{sfx}" for act in ACTIVATION_NAMES)
+        return tuple(f"nnx_bias_{act}_{sfx}" for act in _acts.names(with_linear=True))
     if family == "softmax_ce":
         names = []
         for lt in ("i32", "i64"):
@@ -593,10 +588,24 @@ def _build_sources() -> dict[str, str]:
 
 
 #: module name -> complete CUDA source (compiled as one NVRTC program / cupy.RawModule).
-SOURCES: dict[str, str] = _build_sources()
+SOURCES: dict[str, str] = {}
 #: module name -> names of the kernels it defines.
-KERNELS: dict[str, tuple[str, ...]] = {mod: _kernel_names(mod) for mod in SOURCES}
-_MODULE_OF: dict[str, str] = {k: mod for mod, ks in KERNELS.items() for k in ks}
+KERNELS: dict[str, tuple[str, ...]] = {}
+_MODULE_OF: dict[str, str] = {}
+
+
+def _refresh(_entry=None) -> None:
+    """(Re)build the sources and kernel tables, in place (at import, and when an activation is
+    registered later: its kernels then exist too)."""
+    SOURCES.clear()
+    SOURCES.update(_build_sources())
+    KERNELS.clear()
+    KERNELS.update({mod: _kernel_names(mod) for mod in SOURCES})
+    _MODULE_OF.clear()
+    _MODULE_OF.update({k: mod for mod, ks in KERNELS.items() for k in ks})
+    if _entry is not None:  # modules compiled before hold the old kernel set
+        _raw_module.cache_clear()
+        get_kernel.cache_clear()
 
 
 def kernel_module(name: str) -> str:
@@ -632,6 +641,10 @@ def launch(name: str, grid: int, block: int, args: tuple, shared_mem: int = 0) -
     """Launch kernel ``name`` on the current device and stream, counting it in ``launch_counts``."""
     get_kernel(name)((grid,), (block,), args, shared_mem=shared_mem)
     launch_counts[name] += 1
+
+
+_refresh()
+_acts.on_register(_refresh)
 
 
 @functools.cache

@@ -23,7 +23,8 @@ import math
 import numpy as np
 
 from . import cuda_kernels as ck
-from .base import ACTIVATIONS, Backend
+from . import activations as _acts
+from .base import Backend
 
 _LABEL_DTYPES = ("int32", "int64")
 
@@ -201,28 +202,20 @@ class CupyBackend(Backend):
         return target if out is None else out
 
     # ------------------------------------------------------------------ activations
-    def sigmoid_fwd(self, x, out=None):
-        return self._elementwise("sigmoid_fwd", (x,), out)
+    # One elementwise kernel per direction and entry of ``backends.activations``.
+    def activation_forward(self, name: str, x, negative_slope: float = 0.01, out=None):
+        e = _acts.get(name)
+        return self._elementwise(f"{name}_fwd", (x,), out, (negative_slope,) if e.has_slope else ())
 
-    def sigmoid_bwd(self, y, gy, out=None):
-        return self._elementwise("sigmoid_bwd", (y, gy), out)
-
-    def relu_fwd(self, x, out=None):
-        return self._elementwise("relu_fwd", (x,), out)
-
-    def relu_bwd(self, y, gy, out=None, aux=None):
-        return self._elementwise("relu_bwd", (y, gy), out)  # the kernel reads y; aux unused
-
-    def leaky_relu_fwd(self, x, negative_slope: float, out=None):
-        return self._elementwise("leaky_relu_fwd", (x,), out, (negative_slope,))
-
-    def leaky_relu_bwd(self, x, gy, negative_slope: float, out=None):
-        return self._elementwise("leaky_relu_bwd", (x, gy), out, (negative_slope,))
+    def activation_backward(self, name: str, saved, gy, negative_slope: float = 0.01, out=None,
+                            aux=None):
+        e = _acts.get(name)  # the kernel reads the saved value; aux (a NumPy twin's) is unused
+        return self._elementwise(f"{name}_bwd", (saved, gy), out,
+                                 (negative_slope,) if e.has_slope else ())
 
     def bias_act_(self, y, bias, activation: str, negative_slope: float = 0.01) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"bias_act_: unknown activation {activation!r}; "
-                             f"expected one of {ACTIVATIONS}")
+        if activation != _acts.LINEAR:
+            _acts.get(activation)  # ValueError naming the known ones
         if y.ndim < 1:
             raise ValueError("bias_act_: y must have at least one dimension (N, F)")
         n_cols = y.shape[-1]

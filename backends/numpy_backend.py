@@ -11,37 +11,12 @@ import math
 
 import numpy as np
 
-from .base import ACTIVATIONS, Backend
+from . import activations as acts
+from .base import Backend
+from .scalars import scalar as _s
 
 # Elements per chunk for fused elementwise passes: 256K float32 = 1 MiB, about an L2.
 CHUNK = 1 << 18
-# Up to this size the sigmoid takes its branch-free two-exp form (least dispatch); above it, the
-# one-exp form (less arithmetic).
-_SMALL = 1024
-# ReLU forward: an integer sign mask beats np.maximum on small arrays, loses on large ones.
-_RELU_INT_MAX = 1 << 17
-
-_INT_VIEW = {np.dtype(np.float16): (np.int16, 15), np.dtype(np.float32): (np.int32, 31),
-             np.dtype(np.float64): (np.int64, 63)}
-_INT_MIN = {it: np.iinfo(it).min for it, _ in _INT_VIEW.values()}  # the bits of -0.0
-_SCALARS = {}
-
-
-def _s(value, dtype):
-    """``value`` as a scalar of ``dtype``, cached.
-
-    A ufunc takes a dtype scalar about 0.5 us faster than a Python float (no weak-scalar
-    resolution), and a dtype-matched scalar can never promote the array (NumPy 2 semantics).
-    """
-    key = (value, dtype)
-    c = _SCALARS.get(key)
-    if c is None:
-        if len(_SCALARS) > 4096:  # e.g. a learning-rate schedule: keep the cache bounded
-            _SCALARS.clear()
-        c = _SCALARS[key] = np.dtype(dtype).type(value)
-    return c
-
-
 def _labels_in_range(labels, c):
     """Whether every label lies in [0, c), in one reduction.
 
@@ -60,20 +35,6 @@ def _labels_in_range(labels, c):
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _SIGNED_MAX = {n: (1 << (8 * n - 1)) - 1 for n in _UNSIGNED}
-
-
-def _positive_mask(y):
-    """An integer array of y's width: all ones where y > 0, else 0, without a float compare.
-
-    With ``b`` the bits as a signed integer, ``(0 - (b >> 1)) >> (width - 1)``: the inner shift
-    keeps -0.0 (the most negative integer) from overflowing the negation. It counts the
-    smallest positive subnormal as 0, as the CUDA kernels do (they flush subnormals to zero).
-    """
-    it, shift = _INT_VIEW[y.dtype]
-    m = np.right_shift(y.view(it), 1)
-    np.negative(m, out=m)
-    np.right_shift(m, shift, out=m)
-    return m
 
 
 class NumpyBackend(Backend):
@@ -143,119 +104,22 @@ class NumpyBackend(Backend):
         return np.multiply(keep, 1.0 / (1.0 - p), dtype=dtype)
 
     # ------------------------------------------------------------------ activations
-    def sigmoid_fwd(self, x, out=None):
-        # Two exact forms of the stable sigmoid, e = exp(-|x|): 1 / (1 + e) for x >= 0 and
-        # e / (1 + e) for x < 0. Neither exponent is ever positive, so nothing overflows and the
-        # tail keeps full relative precision (no 1 - y cancellation).
+    # The NumPy twins live beside their CUDA expressions in ``backends.activations``.
+    def activation_forward(self, name, x, negative_slope=0.01, out=None):
         if out is None:
             out = np.empty_like(x)
-        dt = x.dtype
-        zero, one = _s(0.0, dt), _s(1.0, dt)
-        if x.size <= _SMALL:
-            # branch-free, least dispatch: exp(min(x, 0)) / (1 + exp(-|x|))
-            num = np.minimum(x, zero)
-            e = np.abs(x, out)  # x's last read: out may be x itself
-            np.negative(e, e)
-            np.exp(e, e)
-            np.add(e, one, e)
-            np.exp(num, num)
-            return np.divide(num, e, out)
-        # one exp: the numerator is e for x < 0 and 1 for x >= 0, i.e. max(e, x >= 0)
-        pos = np.greater_equal(x, zero)  # before writing: out may be x itself
-        e = np.abs(x)
-        np.negative(e, e)
-        np.exp(e, e)
-        np.add(e, one, out)
-        return np.divide(np.maximum(e, pos), out, out)
-
-    def sigmoid_bwd(self, y, gy, out=None):
-        if out is None:
-            out = np.empty_like(y)
-        np.subtract(_s(1.0, y.dtype), y, out)
-        np.multiply(out, y, out)
-        return np.multiply(out, gy, out)
-
-    def relu_fwd(self, x, out=None):
-        if out is None:
-            out = np.empty_like(x)
-        if x.size > _RELU_INT_MAX or x.dtype not in _INT_VIEW:
-            np.maximum(x, _s(0.0, x.dtype), out=out)
-            return out
-        # keep x where its sign bit is clear: mask = ~(bits >> (width - 1)); -0.0 becomes +0.0
-        it, shift = _INT_VIEW[x.dtype]
-        bits = x.view(it)
-        m = np.right_shift(bits, shift)
-        np.invert(m, m)
-        np.bitwise_and(bits, m, out.view(it))
+        acts.get(name).numpy_forward(x, out, negative_slope, None)
         return out
 
-    def relu_bwd(self, y, gy, out=None, aux=None):
-        if out is None:
-            out = np.empty_like(gy)
-        if aux is not None and out.flags.c_contiguous and gy.flags.c_contiguous:
-            it = _INT_VIEW[gy.dtype][0]  # aux: the y > 0 mask bias_act_ kept
-            np.bitwise_and(gy.view(it), aux, out.view(it))
-            return out
-        if gy.dtype not in _INT_VIEW or not gy.flags.c_contiguous or not out.flags.c_contiguous:
-            # strided or non-float: a masked copy, so a NaN or inf gy still gives 0 where y <= 0
-            off = np.logical_not(np.greater(y, 0))
-            if out is not gy:
-                np.copyto(out, gy)
-            np.copyto(out, 0, where=off)
-            return out
-        # gy where y > 0 else 0, as a bit mask (5x faster than gy * (y > 0) and, like the CUDA
-        # kernel and PyTorch, 0 where y <= 0 even when gy is NaN or inf)
-        it = _INT_VIEW[gy.dtype][0]
-        np.bitwise_and(gy.view(it), _positive_mask(y), out=out.view(it))
-        return out
-
-    def leaky_relu_fwd(self, x, negative_slope, out=None):
-        if out is None:
-            out = np.empty_like(x)
-        if out is not x:
-            np.copyto(out, x)
-        np.multiply(out, _s(negative_slope, x.dtype), out=out, where=out < 0)
-        return out
-
-    def leaky_relu_bwd(self, x, gy, negative_slope, out=None):
-        if out is None:
-            out = np.empty_like(gy)
-        np.multiply(gy, _s(negative_slope, gy.dtype), out=out)
-        np.copyto(out, gy, where=x > 0)
-        return out
+    def activation_backward(self, name, saved, gy, negative_slope=0.01, out=None, aux=None):
+        return acts.get(name).numpy_backward(saved, gy, out, negative_slope, aux)
 
     def bias_act_(self, y, bias, activation, negative_slope=0.01):
         if bias is not None:
             np.add(y, bias, out=y)
-        if activation == "linear":
-            return
-        if activation == "sigmoid":
-            self.sigmoid_fwd(y, out=y)
-        elif activation == "relu":
-            if y.size > _RELU_INT_MAX or y.dtype not in _INT_VIEW or not y.flags.c_contiguous:
-                self.relu_fwd(y, out=y)
-                return None
-            # the exact y > 0 mask, kept for the backward (one pass there instead of four)
-            it, shift = _INT_VIEW[y.dtype]
-            bits = y.view(it)
-            if bias is not None and bias.dtype == y.dtype \
-                    and np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it]:
-                # No -0.0 in the bias, so none in y: a sum is -0.0 only when both terms are.
-                # Then (0 - bits) >> (width - 1) is exact (the negation overflows only for
-                # -0.0's bits) and one pass shorter than _positive_mask. (It keeps the smallest
-                # subnormal, 1.4e-45, as PyTorch's CPU ReLU does; _positive_mask flushes it.)
-                mask = np.negative(bits)
-                np.right_shift(mask, shift, out=mask)
-            else:
-                mask = _positive_mask(y)
-            np.bitwise_and(bits, mask, bits)
-            return mask
-        elif activation == "leaky_relu":
-            self.leaky_relu_fwd(y, negative_slope, out=y)
-        elif activation == "tanh":
-            np.tanh(y, out=y)
-        else:
-            raise ValueError(f"bias_act_: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+        if activation == acts.LINEAR:
+            return None
+        return acts.get(activation).numpy_forward(y, y, negative_slope, bias)
 
     def sum_rows(self, g, out=None):
         if g.dtype not in (np.float32, np.float64) or g.size < 4096:

@@ -247,9 +247,10 @@ def _kernel(name):
     return method
 
 
-for _name in ("uniform", "normal", "dropout_mask", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd",
-              "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "bias_act_", "sum_rows", "sgd_update_",
-              "adam_update_"):
+# The activations go through the two generic methods (the named ones, sigmoid_fwd and the rest,
+# call them), so every entry of ``backends.activations`` is covered, including later ones.
+for _name in ("uniform", "normal", "dropout_mask", "activation_forward", "activation_backward",
+              "bias_act_", "sum_rows", "sgd_update_", "adam_update_"):
     setattr(StrictBackend, _name, _kernel(_name))
 
 
