@@ -144,11 +144,10 @@ def _sigmoid_forward(x, out, slope, bias):
 
 
 def _sigmoid_backward(y, gy, out, slope, aux):
-    if out is None:
-        out = np.empty_like(y)
-    np.subtract(_s(1.0, y.dtype), y, out)
-    np.multiply(out, y, out)
-    return np.multiply(out, gy, out)
+    # ((1 - y) * y) * gy
+    t = np.subtract(_s(1.0, y.dtype), y, out=None if out is None or out is gy else out)
+    np.multiply(t, y, t)
+    return np.multiply(t, gy, gy if out is gy else t)
 
 
 # ------------------------------------------------------------------------------ ReLU

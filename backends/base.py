@@ -27,6 +27,15 @@ from . import activations as _acts
 #: holds the entries (and any registered later: ``backends.activations.names()``).
 ACTIVATIONS = _acts.names(with_linear=True)
 
+#: The reductions a loss (and the fused softmax-cross-entropy) takes.
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction, where: str) -> None:
+    """ValueError naming ``where`` unless ``reduction`` is one of ``REDUCTIONS``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
 
 class Backend(abc.ABC):
     """One array backend on one device.

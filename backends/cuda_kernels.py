@@ -59,6 +59,13 @@ _PREAMBLE_COMMON = r"""
 typedef long long nnx_i64;
 """
 
+def _stored_as_is(t: str) -> str:
+    """The preamble of a dtype stored as its own compute type ``t`` (float32, float64)."""
+    return (f"\ntypedef {t} nnx_t;\ntypedef {t} nnx_acc;\n"
+            + "".join(f"__device__ __forceinline__ {t} nnx_{n}({t} v) {{ return v; }}\n"
+                      for n in ("ld", "st", "round")))
+
+
 _PREAMBLE = {
     "f16": r"""
 typedef unsigned short nnx_t;   // IEEE binary16 bits; arithmetic in float32
@@ -72,33 +79,24 @@ __device__ __forceinline__ nnx_t nnx_st(float f) {
 // Value after a round trip through storage (state that PyTorch keeps in float16).
 __device__ __forceinline__ float nnx_round(float f) { return nnx_ld(nnx_st(f)); }
 """,
-    "f32": r"""
-typedef float nnx_t;
-typedef float nnx_acc;
-__device__ __forceinline__ float nnx_ld(float v) { return v; }
-__device__ __forceinline__ float nnx_st(float v) { return v; }
-__device__ __forceinline__ float nnx_round(float v) { return v; }
-""",
-    "f64": r"""
-typedef double nnx_t;
-typedef double nnx_acc;
-__device__ __forceinline__ double nnx_ld(double v) { return v; }
-__device__ __forceinline__ double nnx_st(double v) { return v; }
-__device__ __forceinline__ double nnx_round(double v) { return v; }
-""",
+    "f32": _stored_as_is("float"),
+    "f64": _stored_as_is("double"),
 }
+
+
+def _math_functions(t: str, f: str) -> str:
+    """nnx_exp/log/tanh/sqrt/abs/max of type ``t`` over the CUDA math function of suffix ``f``."""
+    one = "".join(f"__device__ __forceinline__ {t} nnx_{n}({t} v) {{ return {c}{f}(v); }}\n"
+                  for n, c in (("exp", "exp"), ("log", "log"), ("tanh", "tanh"), ("sqrt", "sqrt"),
+                               ("abs", "fabs")))
+    return one + f"__device__ __forceinline__ {t} nnx_max({t} a, {t} b) {{ return fmax{f}(a, b); }}\n"
+
 
 _MATH = {
     "float": r"""
 #define NNX_INF __int_as_float(0x7f800000)
 #define NNX_MAX 3.402823466e+38f
-__device__ __forceinline__ float nnx_exp(float v) { return expf(v); }
-__device__ __forceinline__ float nnx_log(float v) { return logf(v); }
-__device__ __forceinline__ float nnx_tanh(float v) { return tanhf(v); }
-__device__ __forceinline__ float nnx_sqrt(float v) { return sqrtf(v); }
-__device__ __forceinline__ float nnx_abs(float v) { return fabsf(v); }
-__device__ __forceinline__ float nnx_max(float a, float b) { return fmaxf(a, b); }
-// 1/v without IEEE division's slow-path subroutine call (whose ABI made ptxas spill the live
+""" + _math_functions("float", "f") + r"""// 1/v without IEEE division's slow-path subroutine call (whose ABI made ptxas spill the live
 // predicates of the warp-per-row softmax kernel): hardware estimate + one Newton step, within
 // 1 ulp for finite nonzero v; 0 -> inf, inf -> 0, NaN -> NaN from the estimate alone.
 __device__ __forceinline__ float nnx_rcp(float v) {
@@ -110,13 +108,7 @@ __device__ __forceinline__ float nnx_rcp(float v) {
     "double": r"""
 #define NNX_INF __longlong_as_double(0x7ff0000000000000LL)
 #define NNX_MAX 1.7976931348623157e+308
-__device__ __forceinline__ double nnx_exp(double v) { return exp(v); }
-__device__ __forceinline__ double nnx_log(double v) { return log(v); }
-__device__ __forceinline__ double nnx_tanh(double v) { return tanh(v); }
-__device__ __forceinline__ double nnx_sqrt(double v) { return sqrt(v); }
-__device__ __forceinline__ double nnx_abs(double v) { return fabs(v); }
-__device__ __forceinline__ double nnx_max(double a, double b) { return fmax(a, b); }
-// As the float version; the estimate has ~20 correct bits, two Newton steps give full precision.
+""" + _math_functions("double", "") + r"""// As the float version; the estimate has ~20 correct bits, two Newton steps give full precision.
 __device__ __forceinline__ double nnx_rcp(double v) {
     double r; asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(v));
     if (v != 0.0 && fabs(v) < NNX_INF) {

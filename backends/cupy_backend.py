@@ -24,7 +24,7 @@ import numpy as np
 
 from . import cuda_kernels as ck
 from . import activations as _acts
-from .base import Backend
+from .base import Backend, check_reduction
 
 _LABEL_DTYPES = ("int32", "int64")
 
@@ -254,9 +254,7 @@ class CupyBackend(Backend):
         Labels of an integer dtype other than int32/int64 are converted to int64 first.
         """
         cp = self.xp
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', "
-                             f"got {reduction!r}")
+        check_reduction(reduction, "cross_entropy")
         if logits.ndim != 2:
             raise ValueError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}")
         sfx = self._suffix("cross_entropy", logits)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import activations as acts
-from .base import Backend
+from .base import Backend, check_reduction
 from .scalars import scalar as _s
 
 # Elements per chunk for fused elementwise passes: 256K float32 = 1 MiB, about an L2.
@@ -155,8 +155,7 @@ class NumpyBackend(Backend):
 
     def softmax_cross_entropy(self, logits, labels, ignore_index=-100, reduction="mean",
                               need_grad=True):
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        check_reduction(reduction, "cross_entropy")
         n, c = logits.shape
         out_dtype = logits.dtype
         # float16 accumulates in float32, as in the CUDA kernel

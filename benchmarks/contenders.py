@@ -14,11 +14,11 @@ Every contender is built from the same workload, initial parameters and host bat
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
-from .workloads import ADAM_BETAS, ADAM_EPS, Workload
+from .workloads import Workload, build_loss, build_model, build_optimizer
 
 NAMES = ("floor", "nnx", "torch")
 
@@ -197,21 +197,18 @@ class GemmContender(Contender):
             self.xp.cuda.get_current_stream().synchronize()
 
 
-# ---------------------------------------------------------------------------- PyTorch eager
-def torch_model(torch, w: Workload):
-    nn = torch.nn
-    layers: List[object] = []
-    for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < w.n_layers - 1:
-            layers.append(nn.ReLU() if w.hidden == "relu" else nn.Sigmoid())
-    if w.loss == "bce":
-        layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers)
-
-
+# ---------------------------------------------------------------------------- PyTorch and nnx
 class ModelContender(Contender):
-    """A contender driven through the PyTorch-style API (PyTorch itself, and nnx)."""
+    """A contender driven through the PyTorch-style API (PyTorch itself, and nnx): the model,
+    loss and optimizer come from the workload's one description (``workloads.build_*``)."""
+
+    def _assemble(self, nn, optim, model, batches):
+        self.model = model
+        self.loss_fn = build_loss(nn, self.w)
+        self.opt = build_optimizer(optim, self.w, model.parameters())
+        self.batches = batches
+        self.i = 0
+        self.loss = None
 
     def step(self):
         x, y = self.batches[self.i]
@@ -221,6 +218,13 @@ class ModelContender(Contender):
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
         opt.step()
+        self.loss = loss
+
+    def _backward_on_batch0(self):
+        x, y = self.batches[0]
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
         self.loss = loss
 
 
@@ -233,19 +237,12 @@ class TorchContender(ModelContender):
         if device == "cuda" and not torch.cuda.is_available():
             raise Skip("torch.cuda.is_available() is False (CPU-only torch build or no GPU)")
         dev = torch.device(device)
-        self.model = torch_model(torch, w).to(dev)
-        self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                                    for k, v in params.items()})
-        self.loss_fn = torch.nn.CrossEntropyLoss() if w.loss == "ce" else torch.nn.BCELoss()
-        if w.optimizer == "sgd":
-            self.opt = torch.optim.SGD(self.model.parameters(), lr=w.lr, momentum=w.momentum)
-        else:
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=w.lr, betas=ADAM_BETAS,
-                                        eps=ADAM_EPS)
-        self.batches = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
-                        for x, y in batches]
-        self.i = 0
-        self.loss = None
+        model = build_model(torch.nn, w).to(dev)
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                               for k, v in params.items()})
+        self._assemble(torch.nn, torch.optim, model,
+                       [(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
+                        for x, y in batches])
         self.info = {"version": torch.__version__, "optimizer_defaults":
                      {k: v for k, v in self.opt.defaults.items()
                       if k in ("foreach", "fused", "maximize", "differentiable")}}
@@ -266,11 +263,7 @@ class TorchContender(ModelContender):
             self.torch.cuda.synchronize()
 
     def gradients(self):
-        x, y = self.batches[0]
-        self.opt.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        self.loss = loss
+        self._backward_on_batch0()
         return {k: p.grad.detach().cpu().numpy().copy() for k, p in self.model.named_parameters()}
 
     def state_dict(self):
@@ -278,19 +271,6 @@ class TorchContender(ModelContender):
 
     def loss_value(self):
         return float(self.loss.detach().cpu())
-
-
-# ---------------------------------------------------------------------------- nnx
-def nnx_model(nnx, w: Workload):
-    nn = nnx.nn
-    layers: List[object] = []
-    for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < w.n_layers - 1:
-            layers.append(nn.ReLU() if w.hidden == "relu" else nn.Sigmoid())
-    if w.loss == "bce":
-        layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers)
 
 
 def _to_numpy(t):
@@ -315,17 +295,9 @@ class NnxContender(ModelContender):
         nnx.set_device(device)
         if hasattr(nnx, "manual_seed"):
             nnx.manual_seed(0)
-        self.model = nnx_model(nnx, w)
-        self.model.load_state_dict({k: np.ascontiguousarray(v) for k, v in params.items()})
-        self.loss_fn = nnx.nn.CrossEntropyLoss() if w.loss == "ce" else nnx.nn.BCELoss()
-        if w.optimizer == "sgd":
-            self.opt = nnx.optim.SGD(self.model.parameters(), lr=w.lr, momentum=w.momentum)
-        else:
-            self.opt = nnx.optim.Adam(self.model.parameters(), lr=w.lr, betas=ADAM_BETAS,
-                                      eps=ADAM_EPS)
-        self.batches = [(nnx.tensor(x), nnx.tensor(y)) for x, y in batches]
-        self.i = 0
-        self.loss = None
+        model = build_model(nnx.nn, w)
+        model.load_state_dict({k: np.ascontiguousarray(v) for k, v in params.items()})
+        self._assemble(nnx.nn, nnx.optim, model, [(nnx.tensor(x), nnx.tensor(y)) for x, y in batches])
         self._backend = None
         try:
             backends = importlib.import_module("backends")
@@ -351,11 +323,7 @@ class NnxContender(ModelContender):
         return list(zip(self.model.state_dict().keys(), self.model.parameters()))
 
     def gradients(self):
-        x, y = self.batches[0]
-        self.opt.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        self.loss = loss
+        self._backward_on_batch0()
         return {k: _to_numpy(p.grad) for k, p in self._named_parameters()}
 
     def state_dict(self):

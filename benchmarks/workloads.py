@@ -4,6 +4,11 @@ A workload is a small MLP, a loss, a batch size and an optimizer.  Every contend
 floor, nnx, PyTorch) is built from the same :class:`Workload`, the same initial parameters
 (:func:`init_params`, PyTorch ``state_dict`` keys and layouts) and the same batches
 (:func:`make_batches`), so their steps compute the same thing and their gradients can be compared.
+
+The model is described once, :meth:`Workload.layers` (module class names and their arguments);
+:func:`build_model`, :func:`build_loss` and :func:`build_optimizer` turn that description into
+PyTorch's or nnx's objects (both spell them ``nn.Sequential``, ``nn.Linear``, ``nn.ReLU``,
+``nn.Sigmoid``, ``nn.CrossEntropyLoss``, ``nn.BCELoss``, ``optim.SGD``, ``optim.Adam``).
 """
 from __future__ import annotations
 
@@ -49,6 +54,20 @@ class Workload:
         """Nominal training FLOPs per step: 6 x batch x weights (2 forward, 4 backward)."""
         return 6 * self.batch * self.weights
 
+    def layers(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        """The model: ``(module class name, constructor args)`` in order, as ``nn.Sequential``
+        children. Linear layers at even indices, the hidden activation after each but the last,
+        and a final Sigmoid for "bce" (the loss then takes probabilities)."""
+        act = "ReLU" if self.hidden == "relu" else "Sigmoid"
+        out: List[Tuple[str, Tuple[int, ...]]] = []
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            out.append(("Linear", (a, b)))
+            if i < self.n_layers - 1:
+                out.append((act, ()))
+        if self.loss == "bce":
+            out.append(("Sigmoid", ()))
+        return out
+
     def param_keys(self) -> List[str]:
         """PyTorch ``nn.Sequential`` keys: Linear modules sit at even indices."""
         keys = []
@@ -80,6 +99,26 @@ WORKLOADS: Dict[str, Workload] = {
 # Adam hyperparameters (PyTorch defaults), shared by every contender.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+
+LOSSES = {"ce": "CrossEntropyLoss", "bce": "BCELoss"}
+
+
+def build_model(nn, w: Workload):
+    """``w``'s model in the framework whose ``nn`` module is given (``torch.nn``, ``nnx.nn``),
+    on that framework's current default device."""
+    return nn.Sequential(*(getattr(nn, name)(*args) for name, args in w.layers()))
+
+
+def build_loss(nn, w: Workload):
+    return getattr(nn, LOSSES[w.loss])()
+
+
+def build_optimizer(optim, w: Workload, params):
+    """``w``'s optimizer from the framework's ``optim`` module, over ``params``."""
+    if w.optimizer == "sgd":
+        return optim.SGD(params, lr=w.lr, momentum=w.momentum)
+    return optim.Adam(params, lr=w.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
 
 def get(key: str) -> Workload:

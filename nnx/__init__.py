@@ -23,15 +23,18 @@ from .ops import (abs, add, amax, arange, argmax, argmin, clamp, clip, clone, di
 from . import functional
 from .functional import relu, sigmoid, softmax, log_softmax, leaky_relu
 
-# NOTE: the activations are Tensor methods too (``x.sigmoid()``, ``x.softmax(axis=1)``), like
-# every other op, and as in PyTorch; bound here because ops.py cannot import functional.py.
-Tensor.sigmoid, Tensor.relu, Tensor.leaky_relu = sigmoid, relu, leaky_relu
-Tensor.softmax, Tensor.log_softmax = softmax, log_softmax
+from . import tensor_methods  # noqa: F401  (binds the ops as Tensor methods, in one place)
 from . import nn, optim
 from .serialization import load, save
 from . import data, datasets
+from . import keras
 from . import callbacks
-from .training import History, load_model
+from .keras import History, load_model
+
+# The Keras model and layer under nn's names (``from nnx.nn import Sequential, Dense``), bound
+# here, above both packages, since nothing in nnx.nn imports nnx.keras. The plain PyTorch
+# container stays at nnx.nn.container.Sequential.
+nn.Sequential, nn.Dense = keras.Sequential, keras.Dense
 
 float16, float32, float64 = "float16", "float32", "float64"
 
@@ -63,4 +66,4 @@ __all__ = [
     "log_softmax", "leaky_relu",
 ]
 
-__all__ += ["callbacks", "History", "load_model"]
+__all__ += ["callbacks", "keras", "History", "load_model"]

@@ -178,28 +178,31 @@ class _FreshContextDecorator(contextlib.ContextDecorator):
         return type(self)()
 
 
-class no_grad(_FreshContextDecorator):
+class _GradMode(_FreshContextDecorator):
+    """Set grad mode to ``enabled`` inside the block, restoring the previous mode after."""
+
+    enabled = True
+
+    def __enter__(self):
+        self._prev = _state.grad_enabled
+        _state.grad_enabled = self.enabled
+        return self
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._prev
+        return False
+
+
+class no_grad(_GradMode):
     """Disable graph recording inside the block (also a decorator)."""
 
-    def __enter__(self):
-        self._prev = _state.grad_enabled
-        _state.grad_enabled = False
-        return self
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._prev
-        return False
+    enabled = False
 
 
-class enable_grad(_FreshContextDecorator):
-    def __enter__(self):
-        self._prev = _state.grad_enabled
-        _state.grad_enabled = True
-        return self
+class enable_grad(_GradMode):
+    """Enable graph recording inside the block (also a decorator)."""
 
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._prev
-        return False
+    enabled = True
 
 
 # ---------------------------------------------------------------- anomaly mode

@@ -36,8 +36,12 @@ class Function:
     needs_input_grad = None
     unit_grad = False
     released = False
-    outputs_probabilities = False  # True for ops whose output lies in [0, 1] (sigmoid, softmax)
-    sigmoid_output = False  # True when the output is an elementwise sigmoid (see BCELoss)
+    # The activation the output ends in (an entry name of ``backends.activations``), for ops
+    # that end in one (``Activation``, ``LinearChain``); such an op also offers
+    # ``backward_from_preactivation(g)``, which a loss fused with that activation calls.
+    output_activation = None
+    # The backend of the output when it differs from the inputs' (a device move); None: theirs.
+    output_backend = None
 
     def apply(self, *inputs):
         b = inputs[0]._backend
@@ -64,11 +68,12 @@ class Function:
         except MemoryError as e:
             _reraise_oom(e, b, self, "forward", inputs)
             raise
-        if type(y) is not b.array_type:
-            y = b.xp.asarray(y)
-        out = _new_tensor(y, b)
+        ob = self.output_backend or b
+        if type(y) is not ob.array_type:
+            y = ob.xp.asarray(y)
+        out = _new_tensor(y, ob)
         if anomaly:
-            _check_finite(self, "forward", y, b)
+            _check_finite(self, "forward", y, ob)
         if record:
             self.inputs = inputs
             self.seq = next(_creation_order)
@@ -81,6 +86,22 @@ class Function:
 
     def backward(self, gy):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def grad_destination(self, i):
+        """The array into which ``backward`` may write input ``i``'s gradient, or None.
+
+        When input ``i`` is a leaf whose ``.grad`` is unset and which keeps its gradient in
+        preallocated storage (a Parameter held in an optimizer's flat buffer), this returns that
+        array and marks the gradient as set: ``backward`` writes the whole gradient into it
+        (``xp.dot(..., out=dest)``) and returns None for input ``i``. Otherwise, and always in
+        anomaly mode (which checks each returned gradient), it returns None and ``backward``
+        returns the gradient as usual. Call it once per input and backward, only for an input
+        whose gradient is needed (``needs_input_grad[i]``).
+        """
+        t = self.inputs[i]
+        if t.creator is not None or _config.detect_anomaly_enabled:
+            return None
+        return t._take_grad_storage()
 
     @property
     def name(self) -> str:

@@ -366,7 +366,7 @@ def _read_features(path):
 
 def cmd_predict(args):
     import nnx
-    from nnx import training
+    from nnx.keras import load_checkpoint
 
     if not os.path.isfile(args.model):
         raise CLIError(f"model file {args.model!r} not found")
@@ -375,7 +375,7 @@ def cmd_predict(args):
     except nnx.DeviceError as e:
         raise CLIError(str(e)) from None
     try:
-        model, extra = training.load_checkpoint(args.model)
+        model, extra = load_checkpoint(args.model)
     except (nnx.CheckpointError, OSError, ValueError, KeyError, TypeError) as e:
         raise CLIError(f"cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
     x = _read_features(args.data)

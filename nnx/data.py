@@ -24,8 +24,8 @@ import operator
 
 import numpy as np
 
-import nnx
-from nnx.tensor import host_array
+from . import _config
+from .tensor import host_array, tensor
 
 __all__ = ["Dataset", "TensorDataset", "DataLoader"]
 
@@ -107,14 +107,13 @@ def _batch_dtype(dtype):
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "f" and dtype.itemsize >= 8:
-        get_default = getattr(nnx, "get_default_dtype", None)
-        return np.dtype(get_default()) if get_default is not None else np.dtype(np.float32)
+        return np.dtype(_config.get_default_dtype())
     return dtype
 
 
 def _to_tensor(array, device):
     # dtype passed explicitly: the batch already has its final dtype (see _batch_dtype).
-    return nnx.tensor(array, dtype=array.dtype, device=device)
+    return tensor(array, dtype=array.dtype, device=device)
 
 
 def _device_backend(device):
@@ -122,11 +121,11 @@ def _device_backend(device):
     from backends import get_backend
 
     if device is None:
-        device = nnx.get_device()
+        device = _config.get_device()
     else:
         # nnx.tensor resolves "auto", "cuda", "gpu", ... and raises nnx's clear error when
         # CUDA is unusable; an empty tensor costs nothing.
-        device = nnx.tensor(np.zeros(0, np.float32), device=device).device
+        device = tensor(np.zeros(0, np.float32), device=device).device
     return device, get_backend(device)
 
 

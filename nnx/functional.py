@@ -8,80 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends import activations as _table
+from backends.base import check_reduction
+from backends.scalars import scalar as _c
+
+from .activations import activation, float_input as _float_input, leaky_relu, relu, sigmoid, tanh
 from .autograd import Function
 from .errors import DTypeError, LabelError, ShapeError, ValueRangeError
-from .ops import _promote_int, mean, sum as _sum, tanh  # noqa: F401  (tanh re-exported)
+from .ops import mean, sum as _sum
 from .tensor import Tensor, _wrap, as_tensor
 
-__all__ = ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",
+__all__ = ["linear", "activation", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",
            "mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "cross_entropy", "nll_loss", "log_sigmoid", "softplus"]
 
 
-def _float_input(x, name):
-    if not isinstance(x, Tensor):
-        x = as_tensor(x)
-    if x.data.dtype.kind != "f":
-        if x.data.dtype.kind in "iub":
-            return _promote_int(x)
-        raise DTypeError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
-    return x
-
-
 # ---------------------------------------------------------------------- activations
-class Sigmoid(Function):
-    outputs_probabilities = True
-    sigmoid_output = True
-
-    def forward(self, x):
-        y = self.backend.sigmoid_fwd(x)
-        self.y = y
-        return y
-
-    def backward(self, gy):
-        shortcut = self.__dict__.pop("grad_shortcut", None)
-        if shortcut is not None and shortcut[0] is gy:
-            return (shortcut[1],)
-        return (self.backend.sigmoid_bwd(self.y, gy),)
-
-
-class ReLU(Function):
-    def forward(self, x):
-        y = self.backend.relu_fwd(x)
-        self.y = y
-        return y
-
-    def backward(self, gy):
-        return (self.backend.relu_bwd(self.y, gy),)
-
-
-class LeakyReLU(Function):
-    def __init__(self, negative_slope):
-        self.slope = negative_slope
-
-    def forward(self, x):
-        self.x = x
-        return self.backend.leaky_relu_fwd(x, self.slope)
-
-    def backward(self, gy):
-        return (self.backend.leaky_relu_bwd(self.x, gy, self.slope),)
-
-
-def sigmoid(x):
-    """1 / (1 + exp(-x)), stable in both tails (fused kernel)."""
-    return Sigmoid().apply(_float_input(x, "sigmoid"))
-
-
-def relu(x):
-    """max(x, 0); the gradient at exactly 0 is 0."""
-    return ReLU().apply(_float_input(x, "relu"))
-
-
-def leaky_relu(x, negative_slope=0.01):
-    """x for x >= 0, ``negative_slope * x`` otherwise."""
-    return LeakyReLU(float(negative_slope)).apply(_float_input(x, "leaky_relu"))
-
-
+# sigmoid, relu, leaky_relu, tanh and activation(x, name) come from nnx.activations (one op over
+# the entries of backends.activations).
 class Softplus(Function):
     def forward(self, x):
         xp = self.xp
@@ -110,14 +54,20 @@ def _max_shifted(xp, x, axis):
     return x - xp.where(xp.isfinite(m), m, 0)
 
 
+def softmax_array(xp, x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis`` of the backend array ``x`` (no graph): the max is
+    subtracted first (a non-finite max counts as 0), so nothing overflows. Shape and dtype: x's."""
+    y = xp.exp(_max_shifted(xp, x, axis))
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
 class Softmax(Function):
     def __init__(self, axis):
         self.axis = axis
 
     def forward(self, x):
-        y = self.xp.exp(_max_shifted(self.xp, x, self.axis))
-        y /= y.sum(axis=self.axis, keepdims=True)
-        self.y = y
+        self.y = y = softmax_array(self.xp, x, self.axis)
         return y
 
     def backward(self, gy):
@@ -186,29 +136,40 @@ def dropout(x, p=0.5, training=True):
 
 
 # ---------------------------------------------------------------------- linear (+ activation)
-_FUSABLE = ("linear", "sigmoid", "relu", "leaky_relu", "tanh")
+def fusable(activation, negative_slope=0.01) -> bool:
+    """Whether ``activation`` can run fused after a Linear's matmul (one bias+activation pass):
+    ``"linear"`` or an entry of ``backends.activations``; a leaky ReLU needs a positive slope
+    (its backward then reads the output's sign)."""
+    if activation == _table.LINEAR:
+        return True
+    entry = _table.lookup(activation)
+    return entry is not None and (not entry.has_slope or negative_slope > 0)
 
 
 class LinearChain(Function):
     """``act_k(... act_1(x W_1^T + b_1) ...)``: one or more dense layers as one graph node.
 
     Inputs ``(x, W_1[, b_1], W_2[, b_2], ...)``; ``layers`` gives, per layer,
-    ``(activation, negative_slope, has_bias)``. Each layer is a matmul, then one fused
-    bias+activation pass. ``functional.linear`` makes a one-layer chain; ``Sequential`` chains
+    ``(activation, negative_slope, has_bias)`` with ``activation`` ``"linear"`` or an entry of
+    ``backends.activations``. Each layer is a matmul, then one fused bias+activation pass
+    (``backend.bias_act_``). ``functional.linear`` makes a one-layer chain; ``Sequential`` chains
     each stretch of Linear layers (``nnx.linear_chain``): results are bit-identical either way,
     but a chain is one ``apply``, one output tensor and one engine visit for all its layers,
     which is most of a small network's step.
 
     Shapes: x (*, in_1), W_k (out_k, in_k) with in_{k+1} = out_k, b_k (out_k,); output
-    (*, out_last). Saved for the backward: each layer's input and output and the ReLU masks the
-    backend hands back. The backward writes weight and bias gradients straight into the
-    parameters' preallocated gradient buffers (``out=``) when they have them (see
-    ``nnx.optim``), so a step copies nothing.
+    (*, out_last). Saved for the backward: each layer's input and output (or, for an entry whose
+    backward needs its input, a copy of the pre-activation) and the ``aux`` the backend hands
+    back (the NumPy ReLU mask). The backward writes weight and bias gradients straight into the
+    arrays autograd offers (``grad_destination``: the optimizer's flat gradient buffer), so a
+    step copies nothing.
     """
 
     def __init__(self, layers):
         self.layers = layers
-        self.outputs_probabilities = self.sigmoid_output = layers[-1][0] == "sigmoid"
+        self.entries = tuple(None if act == _table.LINEAR else _table.get(act)
+                             for act, _, _ in layers)
+        self.output_activation = layers[-1][0]
 
     @property
     def name(self) -> str:
@@ -217,55 +178,59 @@ class LinearChain(Function):
     def forward(self, x, *params):
         lead = x.shape[:-1]
         h = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-        dot, bias_act_ = self.xp.dot, self.backend.bias_act_
-        hs, auxes, i = [h], [], 0
-        for act, slope, has_bias in self.layers:
+        be = self.backend
+        dot, bias_act_ = self.xp.dot, be.bias_act_
+        hs, saved, auxes, i = [h], [], [], 0
+        for (act, slope, has_bias), entry in zip(self.layers, self.entries):
             w = params[i]
+            b = params[i + 1] if has_bias else None
+            i += 1 + has_bias
             y = dot(h, w.T)  # np.dot: half matmul's dispatch cost on small operands
-            if has_bias:
-                auxes.append(bias_act_(y, params[i + 1], act, slope))
-                i += 2
-            else:
-                auxes.append(bias_act_(y, None, act, slope))
-                i += 1
+            if entry is None or entry.output_stands_for_input(slope):
+                auxes.append(bias_act_(y, b, act, slope))
+                saved.append(y)
+            else:  # the backward reads the pre-activation: keep a copy of it
+                bias_act_(y, b, _table.LINEAR)
+                saved.append(y.copy())
+                auxes.append(None)
+                be.activation_forward(act, y, slope, out=y)
             hs.append(y)
             h = y
         if self.needs_input_grad is not None:
-            self.hs, self.auxes, self.params, self.lead = hs, auxes, params, lead
+            self.hs, self.saved, self.auxes, self.params, self.lead = hs, saved, auxes, params, lead
         return h if x.ndim == 2 else h.reshape(lead + (h.shape[-1],))
 
     def backward(self, gy):
+        g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
+        return self._backward(g, through_last_activation=True)
+
+    def backward_from_preactivation(self, g):
+        """The input gradients when ``g`` (shaped like the output) is already the gradient
+        w.r.t. the last layer's pre-activation (a sigmoid fused into the loss after it)."""
+        return self._backward(g.reshape(-1, g.shape[-1]), through_last_activation=False)
+
+    def _backward(self, g, through_last_activation):
         need, inputs = self.needs_input_grad, self.inputs
         be, xp = self.backend, self.xp
         lowest = need.index(True)  # the first input wanting a gradient: propagate down to it
         grads = [None] * len(need)
-        hs, auxes, params, layers = self.hs, self.auxes, self.params, self.layers
-        g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
+        hs, saved, auxes, params, layers = self.hs, self.saved, self.auxes, self.params, self.layers
         own = None  # g once it is this node's own array (not the incoming gy): reused as output
         iw = len(need)
         for k in range(len(layers) - 1, -1, -1):
             act, slope, has_bias = layers[k]
             iw -= 1 + has_bias  # input index of W_k (params[iw - 1])
-            # gradient w.r.t. the pre-activation
-            if act == "sigmoid":
-                shortcut = self.__dict__.pop("grad_shortcut", None)  # see BCELoss.backward
-                g = shortcut[1].reshape(g.shape) if shortcut is not None and shortcut[0] is gy \
-                    else be.sigmoid_bwd(hs[k + 1], g)
-            elif act == "relu":
-                g = be.relu_bwd(hs[k + 1], g, out=own, aux=auxes[k])
-            elif act == "leaky_relu":  # y has x's sign because the slope is positive
-                g = be.leaky_relu_bwd(hs[k + 1], g, slope)
-            elif act == "tanh":
-                y = hs[k + 1]
-                g = g * (1 - y * y)
+            if self.entries[k] is not None and (through_last_activation or k < len(layers) - 1):
+                # the gradient w.r.t. the pre-activation
+                g = be.activation_backward(act, saved[k], g, slope, out=own, aux=auxes[k])
             if need[iw]:
-                buf = inputs[iw]._fresh_grad_buffer()
+                buf = self.grad_destination(iw)
                 if buf is not None:
                     xp.dot(g.T, hs[k], out=buf)
                 else:
                     grads[iw] = xp.dot(g.T, hs[k])
             if has_bias and need[iw + 1]:
-                buf = inputs[iw + 1]._fresh_grad_buffer()
+                buf = self.grad_destination(iw + 1)
                 if buf is not None:
                     be.sum_rows(g, out=buf)
                 else:
@@ -278,13 +243,18 @@ class LinearChain(Function):
 
 
 def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer=None):
-    """y = x @ weight.T + bias, optionally followed by a fused activation.
+    """y = act(x @ weight.T + bias), the activation fused into the bias add.
+
+    Args:
+        activation: ``"linear"`` (none) or an entry of ``backends.activations`` (``"sigmoid"``,
+            ``"relu"``, ``"leaky_relu"`` with a positive ``negative_slope``, ``"tanh"``, ...).
+        layer: the layer's name for error messages (e.g. ``"Linear(784 -> 256)"``).
 
     Shape:
         x: (*, in_features); weight: (out_features, in_features); bias: (out_features,);
         y: (*, out_features).
     """
-    if activation not in _FUSABLE or (activation == "leaky_relu" and negative_slope <= 0):
+    if not fusable(activation, negative_slope):
         raise ValueError(f"linear: activation {activation!r} cannot be fused")
     xd = x.data if isinstance(x, Tensor) else None
     wd = weight.data
@@ -318,12 +288,7 @@ def _linear_input(x, weight, layer):
 
 
 # ---------------------------------------------------------------------- losses
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_reduction(reduction, name):
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+_check_reduction = check_reduction  # ValueError naming the loss for an unknown reduction
 
 
 def _check_same_shape(input, target, name):
@@ -403,21 +368,6 @@ def mse_loss(input, target, reduction="mean"):
     return MSELoss(reduction).apply(input, target)
 
 
-_CONSTS = {}
-
-
-def _c(value, dtype):
-    """``value`` as a cached scalar of ``dtype``: never promotes the array it meets, and NumPy
-    takes it faster than a Python float (CuPy accepts it as well)."""
-    key = (value, dtype)
-    c = _CONSTS.get(key)
-    if c is None:
-        if len(_CONSTS) > 4096:  # batch-size-dependent scales: keep the cache bounded
-            _CONSTS.clear()
-        c = _CONSTS[key] = np.dtype(dtype).type(value)
-    return c
-
-
 _BCE_CONSTS = {}
 
 
@@ -447,12 +397,18 @@ def _clamped_log(xp, a, tiny, m100):
 
 class BCELoss(Function):
     """Binary cross-entropy on probabilities, with PyTorch's numerics: each log is clamped at
-    -100 and the gradient's denominator at 1e-12, so p = 0 or 1 never gives inf or NaN."""
+    -100 and the gradient's denominator at 1e-12, so p = 0 or 1 never gives inf or NaN.
+
+    Inputs ``(p, t)``: probabilities and targets of one shape and floating dtype.
+    """
 
     def __init__(self, reduction):
         self.reduction = reduction
 
     def forward(self, p, t):
+        return self._loss(p, t)
+
+    def _loss(self, p, t):
         xp = self.xp
         one, tiny, m100, _ = _bce_consts(p.dtype)
         onem = xp.subtract(one, p)
@@ -469,34 +425,65 @@ class BCELoss(Function):
         return s * _c(-1.0 / p.size, p.dtype) if self.reduction == "mean" else -s
 
     def backward(self, gy):
-        p, t = self.p, self.t
-        xp = self.xp
-        dt = p.dtype
         need = self.needs_input_grad
-        mean = self.reduction == "mean"
-        g = gt = None
-        if need[0]:
-            pq = xp.multiply(self.onem, p)  # p (1 - p)
-            den = xp.maximum(pq, _bce_consts(dt)[3])
-            if mean:
-                den *= _c(p.size, dt)  # (p - t) / (den * n)
-            g = xp.subtract(p, t)
-            g /= den
-            if not self.unit_grad:
-                g *= gy
-            c = self.inputs[0].creator
-            if c is not None and c.sigmoid_output:
-                # Hand the sigmoid its own backward, g * (1 - p) p, computed from the product
-                # already here (bit-identical to sigmoid_bwd); it uses it only if g reaches it
-                # unchanged, i.e. p has no other consumer.
-                c.grad_shortcut = (g, pq.__imul__(g))
-        if need[1]:
-            _, tiny, m100, _ = _bce_consts(dt)
-            gt = _clamped_log(xp, self.onem, tiny, m100) - _clamped_log(xp, p, tiny, m100)
-            if mean:
-                gt *= _c(1.0 / p.size, dt)
-            gt *= gy
-        return g, gt
+        return (self._grad_p(gy)[0] if need[0] else None,
+                self._grad_t(gy) if need[1] else None)
+
+    def _grad_p(self, gy):
+        """``(dL/dp, p (1 - p))``."""
+        p, t, xp = self.p, self.t, self.xp
+        dt = p.dtype
+        pq = xp.multiply(self.onem, p)  # p (1 - p)
+        den = xp.maximum(pq, _bce_consts(dt)[3])
+        if self.reduction == "mean":
+            den *= _c(p.size, dt)  # (p - t) / (den * n)
+        g = xp.subtract(p, t)
+        g /= den
+        if not self.unit_grad:
+            g *= gy
+        return g, pq
+
+    def _grad_t(self, gy):
+        p, xp = self.p, self.xp
+        dt = p.dtype
+        _, tiny, m100, _ = _bce_consts(dt)
+        gt = _clamped_log(xp, self.onem, tiny, m100) - _clamped_log(xp, p, tiny, m100)
+        if self.reduction == "mean":
+            gt *= _c(1.0 / p.size, dt)
+        gt *= gy
+        return gt
+
+
+class SigmoidBCELoss(BCELoss):
+    """``BCELoss(sigmoid(z), t)`` as one node, built when the loss meets a sigmoid's output.
+
+    ``producer`` is the node that made the probabilities ``p`` and ends in a sigmoid (an
+    ``Activation`` or a ``LinearChain``); this node's inputs are the producer's inputs followed
+    by ``t``, so the backward goes from the loss straight to the sigmoid's pre-activation,
+    ``dL/dz = dL/dp * p (1 - p)`` (bit-identical to running the sigmoid's backward after
+    BCE's), and skips the sigmoid pass. The loss is computed from ``p`` with BCE's numerics. If
+    ``p`` has other consumers, their gradients still reach the producer's own node.
+    """
+
+    def __init__(self, producer, p, reduction):
+        super().__init__(reduction)
+        self.producer, self.probs = producer, p
+
+    @property
+    def name(self) -> str:
+        return "BCELoss"
+
+    def forward(self, *inputs):
+        return self._loss(self.probs, inputs[-1])
+
+    def backward(self, gy):
+        need = self.needs_input_grad
+        gt = self._grad_t(gy) if need[-1] else None
+        if True not in need[:-1]:
+            return (None,) * (len(need) - 1) + (gt,)
+        g, pq = self._grad_p(gy)
+        pq *= g  # dL/dz
+        return (*self.producer.backward_from_preactivation(pq), gt)
 
 
 def binary_cross_entropy(input, target, reduction="mean"):
@@ -504,13 +491,17 @@ def binary_cross_entropy(input, target, reduction="mean"):
 
     Each log is clamped at -100 as in PyTorch. An input outside [0, 1] raises ValueRangeError, a
     ValueError (on a GPU at the next host read of the loss, so the step itself never waits).
+    When ``input`` is a sigmoid's output recorded in the graph, the loss and the sigmoid become
+    one node (:class:`SigmoidBCELoss`): the same values, one elementwise pass less.
+
+    Shape: input and target of one shape (any); the output is 0-d, or that shape for "none".
     """
     _check_reduction(reduction, "binary_cross_entropy")
     input = _float_input(input, "binary_cross_entropy")
     target = _loss_target(input, target, "binary_cross_entropy")
     c = input.creator
-    if c is not None and c.outputs_probabilities:  # a sigmoid's output: in [0, 1] by construction
-        return BCELoss(reduction).apply(input, target)
+    if c is not None and c.output_activation == "sigmoid":  # in [0, 1] by construction
+        return SigmoidBCELoss(c, input.data, reduction).apply(*c.inputs, target)
     p = input.data
     lo, hi = p.min(), p.max()
 

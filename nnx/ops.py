@@ -5,13 +5,15 @@ wrappers are also bound as ``Tensor`` methods and operators at the bottom of thi
 """
 from __future__ import annotations
 
+import builtins
 import collections
 import numbers
 
 import numpy as np
 
 from . import _config
-from .autograd import Function, _creation_order
+from .activations import tanh  # noqa: F401  (an op like the others: x.tanh(), nnx.tanh)
+from .autograd import Function, _device_mismatch
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor, _wrap, as_tensor, tensor
 
@@ -222,76 +224,72 @@ class Neg(Function):
         return (-gy,)
 
 
-def _const(x, c):
+def _number(c):
     """A Python number, kept weak so float32 stays float32 (never a NumPy float64 scalar)."""
-    if isinstance(c, np.generic):
-        c = c.item()
-    if x.data.dtype.kind in "iub" and isinstance(c, float):
-        return c, True  # int tensor with a float constant: promote like PyTorch (below)
-    return c, False
+    return c.item() if isinstance(c, np.generic) else c
 
 
 def _promote_int(x):
     return x.to(dtype=_config.get_default_dtype()) if x.data.dtype.kind in "iub" else x
 
 
-def add(a, b):
-    if isinstance(a, Tensor) and _is_scalar(b):
-        c, p = _const(a, b)
-        return AddConst(c).apply(_promote_int(a) if p else a)
-    if isinstance(b, Tensor) and _is_scalar(a):
-        return add(b, a)
-    a, b = _binary_operands(a, b, "add")
-    return Add().apply(a, b)
+def _weak(x, c):
+    """``x`` for an op with the Python number ``c``: an integer tensor meeting a float constant
+    takes the default floating dtype, as in PyTorch."""
+    return _promote_int(x) if isinstance(c, float) else x
 
 
-def sub(a, b):
-    if isinstance(a, Tensor) and _is_scalar(b):
-        c, p = _const(a, b)
-        return AddConst(-c).apply(_promote_int(a) if p else a)
-    if isinstance(b, Tensor) and _is_scalar(a):
-        c, p = _const(b, a)
-        return RSubConst(c).apply(_promote_int(b) if p else b)
-    a, b = _binary_operands(a, b, "sub")
-    return Sub().apply(a, b)
+def _binary(name, tensor_const, const_tensor, tensor_tensor):
+    """The elementwise binary op ``name`` over Tensors, arrays and numbers: a Tensor and a number
+    go to ``tensor_const(x, c)`` or ``const_tensor(c, x)`` (one node, the number a constant),
+    two tensors-or-arrays to ``tensor_tensor(a, b)`` after ``_binary_operands``."""
+
+    def op(a, b):
+        if isinstance(a, Tensor) and _is_scalar(b):
+            return tensor_const(a, _number(b))
+        if isinstance(b, Tensor) and _is_scalar(a):
+            return const_tensor(_number(a), b)
+        return tensor_tensor(*_binary_operands(a, b, name))
+
+    op.__name__ = op.__qualname__ = name
+    return op
 
 
-def mul(a, b):
-    if isinstance(a, Tensor) and _is_scalar(b):
-        c, p = _const(a, b)
-        return MulConst(c).apply(_promote_int(a) if p else a)
-    if isinstance(b, Tensor) and _is_scalar(a):
-        return mul(b, a)
-    a, b = _binary_operands(a, b, "mul")
-    return Mul().apply(a, b)
+def _div_const(x, c):
+    if c == 0:  # x / 0 gives inf/nan as in PyTorch, not 1/0's ZeroDivisionError
+        return Div().apply(*_binary_operands(_promote_int(x), float(c), "div"))
+    return MulConst(1.0 / c).apply(_promote_int(x))
 
 
-def div(a, b):
-    if isinstance(a, Tensor) and _is_scalar(b):
-        c, _ = _const(a, b)
-        return MulConst(1.0 / c).apply(_promote_int(a)) if c != 0 else Div().apply(
-            *_binary_operands(_promote_int(a), float(c), "div"))
-    if isinstance(b, Tensor) and _is_scalar(a):
-        c, _ = _const(b, a)
-        return RDivConst(c).apply(_promote_int(b))
-    a, b = _binary_operands(a, b, "div")
+def _div_tensors(a, b):
     if a.data.dtype.kind in "iub":
         a, b = _promote_int(a), _promote_int(b)
     return Div().apply(a, b)
 
 
-def pow(a, b):
-    if isinstance(a, Tensor) and _is_scalar(b):
-        c, p = _const(a, b)
-        return PowConst(c).apply(_promote_int(a) if p else a)
-    if isinstance(b, Tensor) and _is_scalar(a):
-        c, _ = _const(b, a)
-        return RPowConst(c).apply(_promote_int(b))
-    a, b = _binary_operands(a, b, "pow")
-    return Pow().apply(a, b)
+add = _binary("add", lambda x, c: AddConst(c).apply(_weak(x, c)),
+              lambda c, x: AddConst(c).apply(_weak(x, c)), lambda a, b: Add().apply(a, b))
+add.__doc__ = """a + b, elementwise with broadcasting (Tensors, arrays or numbers).
+
+    Shape: the broadcast shape of a and b. Floating tensors of two dtypes raise DTypeError (no
+    silent promotion); an integer operand takes the floating one's dtype.
+    """
+sub = _binary("sub", lambda x, c: AddConst(-c).apply(_weak(x, c)),
+              lambda c, x: RSubConst(c).apply(_weak(x, c)), lambda a, b: Sub().apply(a, b))
+sub.__doc__ = """a - b, elementwise with broadcasting (see ``add``)."""
+mul = _binary("mul", lambda x, c: MulConst(c).apply(_weak(x, c)),
+              lambda c, x: MulConst(c).apply(_weak(x, c)), lambda a, b: Mul().apply(a, b))
+mul.__doc__ = """a * b, elementwise with broadcasting (see ``add``)."""
+div = _binary("div", _div_const, lambda c, x: RDivConst(c).apply(_promote_int(x)), _div_tensors)
+div.__doc__ = """a / b, elementwise with broadcasting; integer operands give the default
+    floating dtype (true division, as in PyTorch). See ``add``."""
+pow = _binary("pow", lambda x, c: PowConst(c).apply(_weak(x, c)),
+              lambda c, x: RPowConst(c).apply(_promote_int(x)), lambda a, b: Pow().apply(a, b))
+pow.__doc__ = """a ** b, elementwise with broadcasting (see ``add``)."""
 
 
 def neg(x):
+    """-x, elementwise. Shape: x's."""
     return Neg().apply(x)
 
 
@@ -324,6 +322,9 @@ class MatMul(Function):
 
 
 def matmul(a, b):
+    """a @ b with NumPy/PyTorch matmul semantics: (*, n, k) @ (*, k, m) -> (*, n, m), batch
+    axes broadcast; 1-D operands are promoted and their axis dropped again. Both operands need
+    one dtype (DTypeError otherwise) and fitting inner dimensions (ShapeError)."""
     if not isinstance(a, Tensor):
         a = as_tensor(a, like=b)
     if not isinstance(b, Tensor):
@@ -409,42 +410,55 @@ def _expand_reduced(xp, gy, shape, axis, keepdims):
     return xp.broadcast_to(gy, shape)
 
 
+def _reduction_args(x, axis, dim, keepdims, keepdim, name):
+    """``(axes, keep)`` of a reduction called with NumPy's ``axis``/``keepdims`` or PyTorch's
+    ``dim``/``keepdim`` (either spelling, not both): axes normalized to non-negative ints (or
+    None for all), keep a bool."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{name}: give either axis= or dim=, not both")
+        axis = dim
+    return _norm_axes(axis, x.ndim), bool(keepdims or keepdim)
+
+
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis = _norm_axes(_axis(axis, dim), x.ndim)
-    return Sum(axis, keepdims or bool(keepdim)).apply(x)
+    """The sum over ``axis`` (an int, a tuple of ints, or None for all elements).
+
+    Shape: x's shape without the reduced axes (kept as size 1 with ``keepdims``/``keepdim``);
+    dtype: x's.
+    """
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "sum")
+    return Sum(axes, keep).apply(x)
 
 
 def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis = _norm_axes(_axis(axis, dim), x.ndim)
-    if x.data.dtype.kind in "iub":
-        x = _promote_int(x)
-    return Mean(axis, keepdims or bool(keepdim)).apply(x)
+    """The mean over ``axis`` (see ``sum``); integer tensors give the default floating dtype."""
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "mean")
+    return Mean(axes, keep).apply(_promote_int(x))
 
 
 MaxResult = collections.namedtuple("MaxResult", ["values", "indices"])
 
 
 def _maxmin(x, dim, keepdim, axis, keepdims, fn):
-    if dim is not None:
-        if axis is not None:
-            raise TypeError(f"{fn}: give either dim (PyTorch style) or axis (NumPy style), not both")
+    if dim is not None and axis is None:
         # PyTorch form: max(dim) returns (values, indices)
-        d = dim % x.ndim if x.ndim else dim
-        keep = bool(keepdim or keepdims)
+        d, keep = _reduction_args(x, None, dim, keepdims, keepdim, fn)
         values = Max(d, keep, fn).apply(x)
         arg = x.data.argmax(axis=d) if fn == "max" else x.data.argmin(axis=d)
         if keep:
             arg = x._backend.xp.expand_dims(arg, d)
         return MaxResult(values, _wrap(arg, x._backend))
-    return Max(_norm_axes(axis, x.ndim), bool(keepdims or keepdim), fn).apply(x)
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, fn)
+    return Max(axes, keep, fn).apply(x)
 
 
 def max(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
     """The maximum.
 
-    PyTorch style: ``x.max()`` is the largest element; ``x.max(1)`` or ``x.max(dim=1)`` returns
-    ``(values, indices)`` along that axis. NumPy style: ``x.max(axis=1)`` returns the values.
-    Ties share the gradient equally.
+    PyTorch style: ``x.max()`` is the largest element (0-d); ``x.max(1)`` or ``x.max(dim=1)``
+    returns ``(values, indices)`` along that axis. NumPy style: ``x.max(axis=1)`` returns the
+    values. Ties share the gradient equally.
     """
     return _maxmin(x, dim, keepdim, axis, keepdims, "max")
 
@@ -454,25 +468,37 @@ def min(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
     return _maxmin(x, dim, keepdim, axis, keepdims, "min")
 
 
-def amax(x, axis=None, keepdims=False):
-    return Max(_norm_axes(axis, x.ndim), keepdims, "max").apply(x)
+def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """The maximum values over ``axis`` (see ``sum`` for the shape); ties share the gradient."""
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "amax")
+    return Max(axes, keep, "max").apply(x)
+
+
+def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """The minimum values over ``axis`` (see ``amax``)."""
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "amin")
+    return Max(axes, keep, "min").apply(x)
+
+
+def _arg(x, axis, keepdims, dim, keepdim, fn):
+    axis, keep = _reduction_args(x, axis, dim, keepdims, keepdim, fn)
+    if isinstance(axis, tuple):
+        raise TypeError(f"{fn}: axis must be an int or None, got {axis}")
+    r = getattr(x.data, fn)(axis=axis)
+    if keep and axis is not None:
+        r = x._backend.xp.expand_dims(r, axis)
+    return _wrap(x._backend.xp.asarray(r), x._backend)
 
 
 def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    """Indices of the maxima (not differentiable)."""
-    axis = _axis(axis, dim)
-    r = x.data.argmax(axis=axis)
-    if (keepdims or keepdim) and axis is not None:
-        r = x._backend.xp.expand_dims(r, axis)
-    return _wrap(x._backend.xp.asarray(r), x._backend)
+    """Indices (int64) of the maxima along ``axis`` (of the flattened tensor when None); not
+    differentiable. Shape: x's without ``axis`` (kept as 1 with ``keepdims``)."""
+    return _arg(x, axis, keepdims, dim, keepdim, "argmax")
 
 
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis = _axis(axis, dim)
-    r = x.data.argmin(axis=axis)
-    if (keepdims or keepdim) and axis is not None:
-        r = x._backend.xp.expand_dims(r, axis)
-    return _wrap(x._backend.xp.asarray(r), x._backend)
+    """Indices of the minima (see ``argmax``)."""
+    return _arg(x, axis, keepdims, dim, keepdim, "argmin")
 
 
 # ---------------------------------------------------------------------- shape ops
@@ -536,7 +562,7 @@ def _resolve_shape(shape, size, old_shape):
     for d in shape:
         if d != -1:
             known *= d
-    if shape.count(-1) > 1 or any(d < -1 for d in shape):
+    if shape.count(-1) > 1 or builtins.any(d < -1 for d in shape):
         raise ShapeError(f"reshape: invalid target shape {shape}")
     if -1 in shape:
         if known == 0 or size % known:
@@ -550,16 +576,20 @@ def _resolve_shape(shape, size, old_shape):
 
 
 def reshape(x, *shape):
+    """x with a new shape of the same element count (one -1 is inferred); a view where the data
+    allows. ``x.reshape(2, 3)`` or ``x.reshape((2, 3))``; ShapeError when the counts differ."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     return Reshape(_resolve_shape(shape, x.data.size, x.shape)).apply(x)
 
 
 def view(x, *shape):
+    """PyTorch's name for ``reshape``."""
     return reshape(x, *shape)
 
 
 def flatten(x, start_dim=0, end_dim=-1):
+    """x with axes ``start_dim..end_dim`` merged into one: (2, 3, 4).flatten(1) -> (2, 12)."""
     nd = x.ndim
     s, e = start_dim % nd, end_dim % nd
     shape = x.shape[:s] + (-1,) + x.shape[e + 1:]
@@ -586,12 +616,16 @@ def transpose(x, *axes):
 
 
 def permute(x, *axes):
+    """x with its axes in the order ``axes`` (a full permutation): (2, 3, 4).permute(2, 0, 1)
+    -> (4, 2, 3)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
     return Transpose(tuple(a % x.ndim for a in axes)).apply(x)
 
 
 def getitem(x, index):
+    """``x[index]``: NumPy basic and advanced indexing (ints, slices, None, Ellipsis, integer or
+    boolean arrays and tensors); the gradient scatters back (repeated indices accumulate)."""
     if isinstance(index, Tensor):
         index = index.data
     elif isinstance(index, tuple):
@@ -602,6 +636,7 @@ def getitem(x, index):
 
 
 def squeeze(x, axis=None, *, dim=None):
+    """x without its size-1 axes (all of them, or ``axis`` if it has size 1)."""
     axis = _axis(axis, dim)
     shape = x.shape
     if axis is None:
@@ -613,6 +648,7 @@ def squeeze(x, axis=None, *, dim=None):
 
 
 def unsqueeze(x, axis=None, *, dim=None):
+    """x with a new size-1 axis inserted at ``axis``: (3,).unsqueeze(0) -> (1, 3)."""
     axis = _axis(axis, dim)
     a = axis % (x.ndim + 1)
     return Reshape(x.shape[:a] + (1,) + x.shape[a:]).apply(x)
@@ -635,16 +671,6 @@ class Log(Function):
 
     def backward(self, gy):
         return (gy / self.x,)
-
-
-class Tanh(Function):
-    def forward(self, x):
-        self.y = self.xp.tanh(x)
-        return self.y
-
-    def backward(self, gy):
-        y = self.y
-        return (gy * (1 - y * y),)
 
 
 class Abs(Function):
@@ -690,22 +716,22 @@ def _float_only(x, name):
 
 
 def exp(x):
+    """e ** x, elementwise (integer input gives the default floating dtype). Shape: x's."""
     return Exp().apply(_float_only(x, "exp"))
 
 
 def log(x):
+    """The natural logarithm, elementwise (log(0) = -inf, as in NumPy). Shape: x's."""
     return Log().apply(_float_only(x, "log"))
 
 
-def tanh(x):
-    return Tanh().apply(_float_only(x, "tanh"))
-
-
 def abs(x):
+    """|x|, elementwise; the gradient is sign(x) (0 at 0). Shape: x's."""
     return Abs().apply(x)
 
 
 def sqrt(x):
+    """The square root, elementwise. Shape: x's."""
     return Sqrt().apply(_float_only(x, "sqrt"))
 
 
@@ -725,54 +751,58 @@ clamp = clip
 
 # ---------------------------------------------------------------------- device and dtype moves
 class ToDevice(Function):
-    """Copy to another backend and/or cast; the gradient goes back the same way."""
+    """Copy to another backend and/or cast; the gradient goes back the same way.
+
+    Shape: x's. The output lives on ``target`` (``output_backend``) with ``dtype`` (x's when
+    None); the data is always copied.
+    """
 
     def __init__(self, target, dtype):
-        self.target, self.dtype = target, dtype
+        self.output_backend, self.dtype = target, dtype
 
-    def apply(self, x):  # the output lives on another backend than the input
-        src = x._backend
-        self.src_backend, self.src_dtype = src, x.dtype
-        data = x.data
+    def forward(self, x):
+        src, target = self.backend, self.output_backend
+        self.src_dtype = x.dtype
+        data = x
         try:
-            if self.target is not src:
-                data = self.target.asarray(src.to_host(data)) if self.target.name == "numpy" or \
-                    src.name == "numpy" else self.target.asarray(data)
+            if target is not src:
+                data = target.asarray(src.to_host(data)) if "numpy" in (target.name, src.name) \
+                    else target.asarray(data)
             if self.dtype is not None and data.dtype != self.dtype:
                 data = data.astype(self.dtype)
-            elif data is x.data:
+            elif data is x:
                 data = data.copy()
         except MemoryError as e:  # a batch moved to a full GPU: say so with the size and a hint
-            err = _config.out_of_memory(e, self.target, f"moving a {x.shape} {x.dtype} tensor "
-                                        f"from {src.device} to {self.target.device}")
+            err = _config.out_of_memory(e, target, f"moving a {x.shape} {x.dtype} tensor "
+                                        f"from {src.device} to {target.device}")
             if err is not None:
                 raise err from e
             raise
-        out = _wrap(data, self.target)
-        if _config.is_grad_enabled() and x.requires_grad and out.data.dtype.kind == "f":
-            self.inputs = (x,)
-            self.seq = next(_creation_order)
-            self.needs_input_grad = (True,)
-            self.backend, self.xp = self.target, self.target.xp
-            out.requires_grad = True
-            out.creator = self
-        return out
+        return data
 
     def backward(self, gy):
-        src = self.src_backend
-        if src is not self.target:
-            gy = src.asarray(self.target.to_host(gy)) if src.name == "numpy" or \
-                self.target.name == "numpy" else src.asarray(gy)
+        src, target = self.backend, self.output_backend
+        if src is not target:
+            gy = src.asarray(target.to_host(gy)) if "numpy" in (src.name, target.name) \
+                else src.asarray(gy)
         if gy.dtype != self.src_dtype:
             gy = gy.astype(self.src_dtype)
         return (gy,)
 
 
 def to_device(x, device=None, dtype=None):
+    """``x`` on ``device`` and/or cast to ``dtype`` (x itself when nothing changes).
+
+    Differentiable for floating results: the gradient flows back to x's device and dtype; a
+    cast to an integer or bool dtype leaves the graph.
+    """
     target = x._backend if device is None else _config.backend_for(device)
     dt = _config.to_dtype(dtype)
     if target is x._backend and (dt is None or dt == x.dtype):
         return x
+    if dt is not None and dt.kind != "f":
+        with _config.no_grad():
+            return ToDevice(target, dt).apply(x)
     return ToDevice(target, dt).apply(x)
 
 
@@ -785,11 +815,13 @@ class Clone(Function):
 
 
 def clone(x):
+    """A copy of x that stays in the graph (the gradient passes through). Shape: x's."""
     return Clone().apply(x)
 
 
 # ---------------------------------------------------------------------- creation helpers
 def zeros(*shape, dtype=None, device=None, requires_grad=False):
+    """A tensor of ``shape`` filled with 0 (default dtype and device unless given)."""
     shape = _shape_args(shape)
     b = _config.backend_for(device)
     dt = _config.to_dtype(dtype) or _config.get_default_dtype()
@@ -797,6 +829,7 @@ def zeros(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False):
+    """A tensor of ``shape`` filled with 1 (default dtype and device unless given)."""
     shape = _shape_args(shape)
     b = _config.backend_for(device)
     dt = _config.to_dtype(dtype) or _config.get_default_dtype()
@@ -804,31 +837,37 @@ def ones(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
+    """A tensor of ``shape`` filled with ``fill_value``."""
     b = _config.backend_for(device)
     dt = _config.to_dtype(dtype) or _config.get_default_dtype()
     return _wrap(b.xp.full(_shape_args((shape,)), fill_value, dtype=dt), b, requires_grad)
 
 
 def zeros_like(x, dtype=None):
+    """Zeros of x's shape, device and (unless given) dtype."""
     return _wrap(x._backend.xp.zeros(x.shape, dtype=_config.to_dtype(dtype) or x.dtype), x._backend)
 
 
 def ones_like(x, dtype=None):
+    """Ones of x's shape, device and (unless given) dtype."""
     return _wrap(x._backend.xp.ones(x.shape, dtype=_config.to_dtype(dtype) or x.dtype), x._backend)
 
 
 def arange(*args, dtype=None, device=None):
+    """``arange([start,] stop[, step])`` as a 1-D tensor (NumPy's dtype rules unless given)."""
     b = _config.backend_for(device)
     return _wrap(b.xp.arange(*args, dtype=_config.to_dtype(dtype)), b)
 
 
 def rand(*shape, dtype=None, device=None, requires_grad=False):
+    """Samples of U(0, 1) of ``shape`` from the device's generator (``nnx.manual_seed``)."""
     b = _config.backend_for(device)
     dt = _config.to_dtype(dtype) or _config.get_default_dtype()
     return _wrap(b.uniform(0.0, 1.0, _shape_args(shape), dt), b, requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, requires_grad=False):
+    """Samples of N(0, 1) of ``shape`` from the device's generator (``nnx.manual_seed``)."""
     b = _config.backend_for(device)
     dt = _config.to_dtype(dtype) or _config.get_default_dtype()
     return _wrap(b.normal(0.0, 1.0, _shape_args(shape), dt), b, requires_grad)
@@ -845,8 +884,6 @@ def _compare(op):
     def f(a, b):
         if isinstance(b, Tensor):
             if b._backend is not a._backend:
-                from .autograd import _device_mismatch
-
                 _device_mismatch(type("Compare", (), {"name": op.__name__}), (a, b))
             b = b.data
         return _wrap(a._backend.xp.asarray(op(a.data, b)), a._backend)
@@ -859,34 +896,19 @@ import operator as _op  # noqa: E402
 eq, ne, lt, le, gt, ge = (_compare(o) for o in (_op.eq, _op.ne, _op.lt, _op.le, _op.gt, _op.ge))
 
 
-def _bind_tensor_methods():
-    T = Tensor
-    T.__add__ = add
-    T.__radd__ = lambda self, other: add(other, self)
-    T.__sub__ = sub
-    T.__rsub__ = lambda self, other: sub(other, self)
-    T.__mul__ = mul
-    T.__rmul__ = lambda self, other: mul(other, self)
-    T.__truediv__ = div
-    T.__rtruediv__ = lambda self, other: div(other, self)
-    T.__pow__ = pow
-    T.__rpow__ = lambda self, other: pow(other, self)
-    T.__neg__ = neg
-    T.__pos__ = lambda self: self
-    T.__matmul__ = matmul
-    T.__rmatmul__ = lambda self, other: matmul(other, self)
-    T.__getitem__ = getitem
-    T.__eq__, T.__ne__, T.__lt__, T.__le__, T.__gt__, T.__ge__ = eq, ne, lt, le, gt, ge
-    T.__hash__ = object.__hash__
-    T.add, T.sub, T.mul, T.div, T.pow, T.neg, T.matmul = add, sub, mul, div, pow, neg, matmul
-    T.sum, T.mean, T.max, T.min, T.amax, T.argmax, T.argmin = sum, mean, max, min, amax, argmax, argmin
-    T.reshape, T.view, T.flatten, T.transpose, T.permute = reshape, view, flatten, transpose, permute
-    T.squeeze, T.unsqueeze = squeeze, unsqueeze
-    T.exp, T.log, T.tanh, T.abs, T.sqrt, T.clip, T.clamp = exp, log, tanh, abs, sqrt, clip, clip
-    T.T = property(lambda self: Transpose(None).apply(self))
-    T.any = lambda self: _wrap(self._backend.xp.asarray(self.data.any()), self._backend)
-    T.all = lambda self: _wrap(self._backend.xp.asarray(self.data.all()), self._backend)
+def any(x):
+    """Whether any element is nonzero, as a 0-d bool tensor (not differentiable)."""
+    return _wrap(x._backend.xp.asarray(x.data.any()), x._backend)
 
 
-_bind_tensor_methods()
+def all(x):
+    """Whether every element is nonzero, as a 0-d bool tensor (not differentiable)."""
+    return _wrap(x._backend.xp.asarray(x.data.all()), x._backend)
+
+
+def T(x):
+    """``x.T``: the axes reversed."""
+    return Transpose(None).apply(x)
+
+
 del tensor  # re-exported from nnx.tensor

@@ -1,11 +1,37 @@
-"""Optimizers with PyTorch's update rules, each step one fused pass per parameter group.
+"""Optimizers with PyTorch's update rules.
 
-On construction an optimizer moves its parameters into flat per-(device, dtype) buffers: each
-parameter's ``data`` becomes a view of one contiguous array, and its gradient lives in a view of
-a second one. Backward writes gradients into those views in place, ``zero_grad`` is one flag
-per parameter, and ``step`` is one call of the backend's fused update kernel over the whole
-buffer (the optimizer state is flat too). When a parameter has no gradient this step, or was
-moved since (``model.to``), the optimizer falls back to per-parameter updates or re-flattens.
+An optimizer is one class: its hyperparameter defaults and checks, the names of its
+per-parameter state, and its update rule ``update(xp, param, grad, state, group, step)``:
+plain array math with the backend's array module ``xp`` (NumPy or CuPy) on one parameter's
+values, its gradient and its state arrays, in place, in PyTorch's op order (as
+``torch/optim/sgd.py`` writes it). That rule is the reference. A class may also name a fused
+kernel of the backend (``kernel = "sgd_update_"``, see ``backends/base.py``) and map its
+hyperparameters to the kernel's arguments (``kernel_args``): the same update in one pass, which
+is what runs when the backend has it, unless the optimizer was made with ``fused=False``. The
+tests check each kernel against its reference rule.
+
+The base class does everything else. On construction it moves the parameters into flat
+per-(backend, dtype) buffers: each ``Parameter``'s data becomes a view of one contiguous array
+and its gradient a view of a second one (``Parameter._bind_flat``), so a backward writes the
+gradient there (``autograd.Function.grad_destination``), ``zero_grad`` is one flag per
+parameter, and ``step`` is one update (one kernel call) over the whole buffer, state flat too.
+A plain tensor (``w = nnx.tensor(..., requires_grad=True)``) keeps its own arrays: its values
+and gradient are copied into the buffer before the update and its values back after. When a
+parameter has no gradient this step the update runs per parameter on views of the buffers;
+when a parameter was moved since (``model.to``, ``p.data = other_shape``) the optimizer
+re-flattens, keeping its state.
+
+A new optimizer, e.g. sign descent::
+
+    class SignSGD(optim.Optimizer):
+        def __init__(self, params, lr=0.01):
+            super().__init__(params, dict(lr=lr))
+
+        def update(self, xp, param, grad, state, group, step):
+            param -= float(group["lr"]) * xp.sign(grad)
+
+State arrays (named in ``state_names``) start as zeros of the parameter's shape; ``step`` is
+the number of this step for this parameter, from 1.
 """
 from __future__ import annotations
 
@@ -19,11 +45,13 @@ __all__ = ["Optimizer", "SGD", "Adam"]
 
 
 class _FlatGroup:
-    """Parameters of one backend and dtype as views of one flat buffer (plus a flat gradient)."""
+    """Parameters of one backend and dtype as views of one flat buffer (plus a flat gradient),
+    their flat state, their step counts and the update kernel chosen for them (or None)."""
 
-    def __init__(self, params):
+    def __init__(self, params, kernel):
         p0 = params[0]
         self.backend, self.dtype = p0._backend, p0.dtype
+        self.kernel = kernel
         xp = self.backend.xp
         self.params = list(params)
         total = sum(int(p.data.size) for p in params)
@@ -34,27 +62,24 @@ class _FlatGroup:
             _reraise_oom(e, self.backend, f"the optimizer's flat buffers ({len(params)} "
                          f"parameters, {total:,} elements of {self.dtype})")
             raise
-        self.slices = []
+        self.slices, self.shapes = [], []
+        self.left = False  # set when a bound parameter leaves (``_param_left``)
+        self.copied = []  # indices of plain tensors: copied in before an update, out after
         off = 0
-        for p in params:
+        for i, p in enumerate(params):
             n = int(p.data.size)
             sl = slice(off, off + n)
-            view = self.data[sl].reshape(p.shape)
-            view[...] = p.data
-            gview = self.grad[sl].reshape(p.shape)
-            old_grad = p._grad
-            if hasattr(p, "_set_data"):
-                p._set_data(view)  # a Parameter: leaves any earlier flat buffer
-            else:
-                p.data = view
-            p._gbuf = _wrap(gview, self.backend)  # the gradient's Tensor, reused every step
-            p._flat = self
-            if old_grad is not None:
-                gview[...] = old_grad.data
-                p._grad = _wrap(gview, self.backend)
-                p._grad_owned = True
             self.slices.append(sl)
+            self.shapes.append(tuple(p.shape))
             off += n
+            bind = getattr(p, "_bind_flat", None)
+            if bind is not None:
+                bind(self, self.data[sl].reshape(p.shape), self.grad[sl].reshape(p.shape))
+            else:
+                self.copied.append(i)
+        self.is_copied = [False] * len(params)
+        for i in self.copied:
+            self.is_copied[i] = True
         self.state = {}  # name -> flat state array
         # Steps taken: one shared count while every parameter has stepped together (the fused
         # path), a per-parameter list once some parameter skipped a step (no gradient).
@@ -77,9 +102,18 @@ class _FlatGroup:
         """The common step count of all parameters, or None when they differ."""
         return self.step if self.steps is None else None
 
+    def _param_left(self, param):
+        """Called by a bound parameter that leaves this buffer (new storage, another buffer)."""
+        self.left = True
+
     def valid(self):
-        for p in self.params:
-            if p._flat is not self:
+        """Whether every parameter still lives here (bound ones) or still fits (copied ones)."""
+        if self.left:
+            return False
+        for i in self.copied:
+            p = self.params[i]
+            d = p.data
+            if p._backend is not self.backend or d.dtype != self.dtype or tuple(d.shape) != self.shapes[i]:
                 return False
         return True
 
@@ -88,6 +122,16 @@ class _FlatGroup:
             if p._grad is None:
                 return False
         return True
+
+    def copy_in(self, i):
+        """A plain tensor's current values and gradient into the flat buffers."""
+        p = self.params[i]
+        self.view(self.data, i)[...] = p.data
+        self.view(self.grad, i)[...] = p._grad.data
+
+    def copy_out(self, i):
+        """The updated values back into a plain tensor's own array."""
+        self.params[i].data[...] = self.view(self.data, i)
 
     def state_buffer(self, name):
         buf = self.state.get(name)
@@ -102,7 +146,7 @@ class _FlatGroup:
         return buf
 
     def view(self, flat, i):
-        return flat[self.slices[i]].reshape(self.params[i].shape)
+        return flat[self.slices[i]].reshape(self.shapes[i])
 
 
 def _reraise_oom(exc, backend, where):
@@ -112,10 +156,31 @@ def _reraise_oom(exc, backend, where):
 
 
 class Optimizer:
-    """Base class: parameter groups, flat buffers, ``zero_grad``, ``state_dict``."""
+    """Base class: parameter groups, flat buffers, ``zero_grad``, ``step``, ``state_dict``.
 
-    def __init__(self, params, defaults):
+    A subclass provides (see the module docstring):
+
+    * ``update(xp, param, grad, state, group, step)``: the reference rule, in place on
+      ``param`` and the arrays of ``state`` (a dict name -> array of ``param``'s shape);
+      ``group`` is the parameter group (hyperparameters by name), ``step`` this step's
+      number, from 1. ``grad`` must not be modified (it is the user-visible ``.grad``).
+    * ``state_names``: the names of its state arrays (the ``state_dict`` keys), and
+      ``state_for(group)`` when a group needs only some of them (SGD without momentum).
+    * optionally ``kernel``, the name of a backend method doing the same update in one pass,
+      and ``kernel_args(state, group, step)``, its arguments after ``(param, grad)``.
+    * ``_validate(group)`` for its hyperparameter checks (call ``super()._validate``).
+
+    ``fused``: None (default) runs the backend's kernel where there is one, else the
+    reference rule; False always runs the reference rule; True requires the kernel
+    (a ValueError when the optimizer or a parameter's backend has none).
+    """
+
+    state_names: tuple = ()
+    kernel: str | None = None
+
+    def __init__(self, params, defaults, fused=None):
         self.defaults = dict(defaults)
+        self.fused = fused
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), "
                             "not a single tensor")
@@ -129,6 +194,36 @@ class Optimizer:
         for g in params:
             self.add_param_group(g)
 
+    # ------------------------------------------------------------------ the rule
+    def update(self, xp, param, grad, state, group, step):  # pragma: no cover - abstract
+        """The update rule on arrays (see the class docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} has no update rule")
+
+    def kernel_args(self, state, group, step):  # pragma: no cover - abstract
+        """The arguments of ``kernel`` after ``(param, grad)``."""
+        raise NotImplementedError(f"{type(self).__name__} names a kernel but no kernel_args")
+
+    def state_for(self, group):
+        """The state arrays this group's update uses (allocated, as zeros, before it runs)."""
+        return self.state_names
+
+    def _kernel_for(self, backend):
+        """The bound kernel method to run on ``backend``, or None for the reference rule."""
+        name = self.kernel
+        fn = getattr(backend, name, None) if name and self.fused is not False else None
+        if fn is None and self.fused:
+            why = "it has no fused kernel" if not name else \
+                f"the {backend.name} backend ({backend.device}) has no {name}"
+            raise ValueError(f"{type(self).__name__}(fused=True): {why}; use fused=None or False")
+        return fn
+
+    def _apply(self, fg, param, grad, state, group, step):
+        if fg.kernel is not None:
+            fg.kernel(param, grad, *self.kernel_args(state, group, step))
+        else:
+            self.update(fg.backend.xp, param, grad, state, group, step)
+
+    # ------------------------------------------------------------------ groups
     def add_param_group(self, group):
         group = dict(group)
         ps = group["params"]
@@ -155,12 +250,12 @@ class Optimizer:
         if group["lr"] < 0:
             raise ValueError(f"invalid learning rate: {group['lr']}")
 
-    @staticmethod
-    def _flatten(params):
+    def _flatten(self, params):
         by_key = {}
         for p in params:
             by_key.setdefault((id(p._backend), p.dtype), []).append(p)
-        return [_FlatGroup(ps) for ps in by_key.values()]
+        kernels = [self._kernel_for(ps[0]._backend) for ps in by_key.values()]  # checks first
+        return [_FlatGroup(ps, k) for ps, k in zip(by_key.values(), kernels)]
 
     def _current_flats(self, gi):
         flats = self._flats[gi]
@@ -182,6 +277,7 @@ class Optimizer:
                 return self._current_flats(gi)
         return flats
 
+    # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: set them to None (default, as PyTorch) or to zeros (one fill)."""
         for gi, group in enumerate(self.param_groups):
@@ -196,8 +292,6 @@ class Optimizer:
     def step(self, closure=None):
         loss = None
         if closure is not None:
-            from . import _config
-
             with _config.enable_grad():
                 loss = closure()
         for gi, group in enumerate(self.param_groups):
@@ -210,12 +304,36 @@ class Optimizer:
                 self._step_flat(group, fg)
         return loss
 
-    def _step_flat(self, group, fg):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _step_flat(self, group, fg):
+        state = fg.state
+        for name in self.state_for(group):
+            if name not in state:
+                fg.state_buffer(name)
+        step = fg.shared_step()
+        if step is not None and fg.all_have_grads():  # the fast path: one update over everything
+            step += 1
+            copied = fg.copied
+            for i in copied:
+                fg.copy_in(i)
+            self._apply(fg, fg.data, fg.grad, state, group, step)
+            for i in copied:
+                fg.copy_out(i)
+            fg.step = step
+            return
+        for i, p in enumerate(fg.params):  # some parameters lack a gradient this step
+            if p._grad is None:
+                continue
+            t = fg.param_step(i) + 1
+            copied = fg.is_copied[i]
+            if copied:
+                fg.copy_in(i)
+            self._apply(fg, fg.view(fg.data, i), fg.view(fg.grad, i),
+                        {name: fg.view(buf, i) for name, buf in state.items()}, group, t)
+            if copied:
+                fg.copy_out(i)
+            fg.set_param_step(i, t)
 
     # ------------------------------------------------------------------ state
-    _state_names: tuple = ()
-
     @property
     def state(self):
         """Per-parameter state (PyTorch layout): ``{param: {"step": int, name: Tensor view}}``."""
@@ -227,7 +345,7 @@ class Optimizer:
                     if not step:
                         continue
                     d = {"step": step}
-                    for name in self._state_names:
+                    for name in self.state_names:
                         if name in fg.state:
                             d[name] = _wrap(fg.view(fg.state[name], i), fg.backend)
                     out[p] = d
@@ -246,7 +364,7 @@ class Optimizer:
                 step = fg.param_step(i)
                 if step:
                     d = {"step": int(step)}
-                    for name in self._state_names:
+                    for name in self.state_names:
                         if name in fg.state:
                             d[name] = np.array(fg.backend.to_host(fg.view(fg.state[name], i)), copy=True)
                     state[idx] = d
@@ -283,7 +401,7 @@ class Optimizer:
                 if s is None:
                     plan.append((p, None, fg, i))
                     continue
-                for name in self._state_names:
+                for name in self.state_names:
                     if name in s:
                         arr = np.asarray(s[name])
                         if arr.shape != p.shape:
@@ -300,7 +418,7 @@ class Optimizer:
                 fg.set_param_step(i, 0)
                 continue
             fg.set_param_step(i, max(int(np.asarray(s.get("step", 1))), 1))
-            for name in self._state_names:
+            for name in self.state_names:
                 if name in s:
                     fg.view(fg.state_buffer(name), i)[...] = fg.backend.asarray(
                         np.asarray(s[name], dtype=fg.dtype))
@@ -324,19 +442,18 @@ def _index(seq, obj):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, Nesterov and weight decay.
+    """Stochastic gradient descent with optional momentum, Nesterov and weight decay
+    (PyTorch's rule, see ``update``). ``fused``: see ``Optimizer``."""
 
-    PyTorch's rule: d = g + wd * p; buf = d (first step) or momentum * buf + (1 - dampening) * d;
-    d = d + momentum * buf (Nesterov) or buf; p -= lr * d.
-    """
+    state_names = ("momentum_buffer",)
+    kernel = "sgd_update_"
 
-    _state_names = ("momentum_buffer",)
-
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                 *, fused=None):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      nesterov=nesterov, weight_decay=weight_decay))
+                                      nesterov=nesterov, weight_decay=weight_decay), fused=fused)
 
     def _validate(self, group):
         super()._validate(group)
@@ -345,40 +462,41 @@ class SGD(Optimizer):
         if group["weight_decay"] < 0:
             raise ValueError(f"invalid weight_decay value: {group['weight_decay']}")
 
-    def _step_flat(self, group, fg):
+    def state_for(self, group):
+        return self.state_names if group["momentum"] else ()
+
+    def update(self, xp, param, grad, state, group, step):
+        lr, momentum, dampening = float(group["lr"]), float(group["momentum"]), float(group["dampening"])
+        nesterov, weight_decay = bool(group["nesterov"]), float(group["weight_decay"])
+        if weight_decay:
+            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        if momentum:
+            buf = state["momentum_buffer"]
+            if step == 1:
+                buf[...] = grad  # torch.clone(grad)
+            else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                buf *= momentum
+                buf += (1 - dampening) * grad
+            grad = grad + momentum * buf if nesterov else buf  # grad.add(buf, alpha=momentum)
+        param -= lr * grad  # param.add_(grad, alpha=-lr)
+
+    def kernel_args(self, state, group, step):
         mom = float(group["momentum"])
-        lr, damp = float(group["lr"]), float(group["dampening"])
-        nesterov, wd = bool(group["nesterov"]), float(group["weight_decay"])
-        buf = None
-        if mom:
-            buf = fg.state.get("momentum_buffer")
-            if buf is None:
-                buf = fg.state_buffer("momentum_buffer")
-        step = fg.shared_step()
-        if step is not None and fg.all_have_grads():  # the fused path: one pass over everything
-            fg.backend.sgd_update_(fg.data, fg.grad, buf, lr, mom, damp, nesterov, wd, step == 0)
-            fg.step = step + 1
-            return
-        for i, p in enumerate(fg.params):  # some parameters lack a gradient this step
-            if p._grad is None:
-                continue
-            t = fg.param_step(i)
-            fg.backend.sgd_update_(fg.view(fg.data, i), fg.view(fg.grad, i),
-                                   fg.view(buf, i) if buf is not None else None, lr, mom, damp,
-                                   nesterov, wd, t == 0)
-            fg.set_param_step(i, t + 1)
+        return (state.get("momentum_buffer") if mom else None, float(group["lr"]), mom,
+                float(group["dampening"]), bool(group["nesterov"]), float(group["weight_decay"]),
+                step == 1)
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, https://arxiv.org/abs/1412.6980) with PyTorch's update rule and L2
-    weight decay: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
-    """
+    weight decay (see ``update``). ``fused``: see ``Optimizer``."""
 
-    _state_names = ("exp_avg", "exp_avg_sq")
+    state_names = ("exp_avg", "exp_avg_sq")
+    kernel = "adam_update_"
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, fused=None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
+                         fused=fused)
 
     def _validate(self, group):
         super()._validate(group)
@@ -388,23 +506,22 @@ class Adam(Optimizer):
         if group["eps"] < 0:
             raise ValueError(f"invalid eps: {group['eps']}")
 
-    def _step_flat(self, group, fg):
-        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    def update(self, xp, param, grad, state, group, step):
+        lr, eps, weight_decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        if weight_decay:
+            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        exp_avg += (1 - beta1) * (grad - exp_avg)  # exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq *= beta2  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq += (1 - beta2) * grad * grad
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        step_size = lr / bias_correction1
+        denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        param += -step_size * exp_avg / denom  # param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def kernel_args(self, state, group, step):
         b1, b2 = group["betas"]
-        b1, b2 = float(b1), float(b2)
-        st = fg.state
-        m, v = st.get("exp_avg"), st.get("exp_avg_sq")
-        if m is None or v is None:
-            m, v = fg.state_buffer("exp_avg"), fg.state_buffer("exp_avg_sq")
-        step = fg.shared_step()
-        if step is not None and fg.all_have_grads():  # the fused path: one pass over everything
-            fg.backend.adam_update_(fg.data, fg.grad, m, v, lr, b1, b2, eps, wd, step + 1)
-            fg.step = step + 1
-            return
-        for i, p in enumerate(fg.params):
-            if p._grad is None:
-                continue
-            t = fg.param_step(i) + 1
-            fg.backend.adam_update_(fg.view(fg.data, i), fg.view(fg.grad, i), fg.view(m, i),
-                                    fg.view(v, i), lr, b1, b2, eps, wd, t)
-            fg.set_param_step(i, t)
+        return (state["exp_avg"], state["exp_avg_sq"], float(group["lr"]), float(b1), float(b2),
+                float(group["eps"]), float(group["weight_decay"]), step)

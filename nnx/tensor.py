@@ -9,7 +9,29 @@ from . import _config, autograd
 from .errors import DTypeError, GraphError, NNXError, ShapeError
 
 
-class Tensor:
+class DeviceDtypeShorthands:
+    """``cpu()``, ``cuda(i)``, ``float()``, ``double()``, ``half()``: ``self.to(...)`` spelled as
+    PyTorch spells it, for Tensors and Modules alike."""
+
+    __slots__ = ()
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0):
+        return self.to(f"cuda:{index}")
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+
+class Tensor(DeviceDtypeShorthands):
     """An n-dimensional array on one device, optionally recording operations for autograd.
 
     Attributes:
@@ -20,7 +42,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "_backend", "requires_grad", "creator", "_grad", "_grad_owned",
-                 "_gbuf", "_flat", "_checks", "__weakref__")
+                 "_checks", "__weakref__")
     __array_priority__ = 1000  # NumPy defers to Tensor's reflected operators
 
     def __init__(self, data, dtype=None, device=None, requires_grad=False):
@@ -91,46 +113,51 @@ class Tensor:
             raise ValueError(f"assigned grad of shape {value.shape} to a tensor of shape {self.shape}")
         if value._backend is not self._backend:
             raise ValueError(f"assigned grad on {value.device} to a tensor on {self.device}")
-        if self._gbuf is not None:
-            self._gbuf.data[...] = value.data
-            self._grad = self._gbuf
+        buf = self._grad_storage()
+        if buf is not None:  # the gradient lives in preallocated storage: copy into it
+            buf.data[...] = value.data
+            self._grad = buf
             self._grad_owned = True
         else:
             self._grad = value
             self._grad_owned = False
 
+    def _grad_storage(self):
+        """The preallocated Tensor this leaf keeps its gradient in, or None.
+
+        A plain tensor has none: its first gradient of a backward is a fresh array. A
+        ``Parameter`` that an optimizer holds in a flat buffer returns its view of the flat
+        gradient (see ``Parameter._bind_flat``); ``grad =``, accumulation and
+        ``autograd.Function.grad_destination`` then write there.
+        """
+        return None
+
+    def _take_grad_storage(self):
+        """When ``.grad`` is unset and this leaf has gradient storage (``_grad_storage``): set
+        ``.grad`` to it and return its array, for a backward to write the gradient into (see
+        ``autograd.Function.grad_destination``). None otherwise, as always for a plain tensor."""
+        return None
+
     def _accumulate(self, g):
         """Add the gradient array ``g`` to ``.grad`` (in place once we own the storage)."""
         grad = self._grad
         if grad is None:
-            buf = self._gbuf  # the optimizer's preallocated gradient view (a Tensor), if any
+            buf = self._grad_storage()
             if buf is not None:
                 if g is not buf.data:
                     buf.data[...] = g
                 self._grad = buf
-                self._grad_owned = True
             else:
                 # a copy: the same gradient array may flow to several leaves (x + y), and
                 # each .grad must be its own storage (g.zero_() on one must not clear another)
                 self._grad = _wrap(self._backend.xp.array(g, dtype=self.data.dtype, order="C"),
                                    self._backend)
-                self._grad_owned = True
+            self._grad_owned = True
         elif self._grad_owned:
             grad.data += g
         else:
             grad.data = grad.data + g
             self._grad_owned = True
-
-    def _fresh_grad_buffer(self):
-        """The preallocated gradient array when ``.grad`` is unset, so a backward can write
-        into it with ``out=``; marks the gradient as set. None when there is no such buffer."""
-        buf = self._gbuf
-        if buf is None or self._grad is not None or self.creator is not None \
-                or _config.detect_anomaly_enabled:  # anomaly mode checks every gradient itself
-            return None
-        self._grad = buf
-        self._grad_owned = True
-        return buf.data
 
     def backward(self, gradient=None, retain_graph=False):
         """Compute the gradient of this tensor w.r.t. graph leaves (accumulated into ``.grad``)."""
@@ -282,32 +309,6 @@ class Tensor:
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------------ moving data
-    def to(self, device=None, dtype=None, non_blocking=False):
-        """This tensor on ``device`` and/or with ``dtype`` (self when nothing changes).
-
-        Differentiable: gradients flow back to the original device and dtype.
-        """
-        if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype_name(device)):
-            device, dtype = None, device
-        from .ops import to_device
-
-        return to_device(self, device, dtype)
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, index: int = 0):
-        return self.to(f"cuda:{index}")
-
-    def float(self):
-        return self.to(dtype=np.float32)
-
-    def double(self):
-        return self.to(dtype=np.float64)
-
-    def half(self):
-        return self.to(dtype=np.float16)
-
     def long(self):
         return self.to(dtype=np.int64)
 
@@ -319,11 +320,6 @@ class Tensor:
 
     def astype(self, dtype):
         return self.to(dtype=dtype)
-
-    def clone(self):
-        from .ops import clone
-
-        return clone(self)
 
     def copy_(self, src):
         """Copy ``src``'s values into this tensor in place (no graph)."""
@@ -349,9 +345,8 @@ def _is_dtype_name(s: str) -> bool:
 
 
 def _init_slots(t, array, backend, requires_grad=False):
-    """Set every slot of a new Tensor (or Parameter); the one place that lists them."""
-    t._flat = None  # first: Parameter's data setter reads it
-    t._gbuf = None
+    """Set every slot of a new Tensor (or Parameter); the one place that lists Tensor's slots
+    (a Parameter's own are set by ``Parameter.__new__``)."""
     t.data = array
     t._backend = backend
     t.requires_grad = requires_grad

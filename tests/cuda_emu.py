@@ -20,6 +20,7 @@ subnormals. Requires g++ (C++17) with ``_Float16`` and POSIX ``ucontext``.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -366,6 +367,27 @@ def clear_kernel_caches() -> None:
     ck._raw_module.cache_clear()
     ck.get_kernel.cache_clear()
     ck.dropout_mask_kernel.cache_clear()
+    _signatures.cache_clear()  # the sources change when an activation is registered
+    _library.cache_clear()
+
+
+@contextlib.contextmanager
+def emulated_backend():
+    """A ``CupyBackend`` over these emulated kernels and ``fake_cupy()`` (the real ``cupy``
+    module, if any, is put back afterwards)."""
+    saved = sys.modules.get("cupy")
+    clear_kernel_caches()
+    sys.modules["cupy"] = fake_cupy()
+    try:
+        from backends.cupy_backend import CupyBackend
+
+        yield CupyBackend(0)
+    finally:
+        clear_kernel_caches()
+        if saved is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved
 
 
 if __name__ == "__main__":  # build every module: python -m tests.cuda_emu

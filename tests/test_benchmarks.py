@@ -63,6 +63,29 @@ def test_workload_definitions():
         W.get("nope")
 
 
+@pytest.mark.parametrize("key", ["A", "B@64", "C-adam@64"])
+def test_one_model_description_builds_both_frameworks(key):
+    """torch and nnx models, losses and optimizers come from ``Workload.layers()`` and the
+    ``build_*`` helpers alone: the same modules in the same order, the same parameter keys and
+    shapes as ``init_params``."""
+    torch = pytest.importorskip("torch")
+    import nnx
+
+    w = W.get(key)
+    p = W.init_params(w)
+    want = [name for name, _ in w.layers()]
+    for fw_nn, fw_optim in ((torch.nn, torch.optim), (nnx.nn, nnx.optim)):
+        m = W.build_model(fw_nn, w)
+        assert [type(c).__name__ for c in m] == want
+        sd = m.state_dict()
+        assert list(sd) == w.param_keys() == list(p)
+        assert [tuple(v.shape) for v in sd.values()] == [v.shape for v in p.values()]
+        assert type(W.build_loss(fw_nn, w)).__name__ == W.LOSSES[w.loss]
+        opt = W.build_optimizer(fw_optim, w, m.parameters())
+        assert type(opt).__name__ == {"sgd": "SGD", "adam": "Adam"}[w.optimizer]
+    assert want[-1] == ("Sigmoid" if w.loss == "bce" else "Linear")
+
+
 # ---------------------------------------------------------------------------- the floor
 @pytest.mark.parametrize("key", GRAD_WORKLOADS)
 def test_floor_gradients_match_torch(key):
@@ -111,7 +134,7 @@ def test_floor_sigmoid_bce_saturated_is_finite_and_silent():
     g = floor.gradients()
     assert np.isfinite(floor.loss_value())
     assert all(np.isfinite(v).all() for v in g.values())
-    m = C.torch_model(torch, w)
+    m = W.build_model(torch.nn, w)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
     x, y = W.make_batches(w)[0]
     loss = torch.nn.BCELoss()(m(torch.from_numpy(x)), torch.from_numpy(y))

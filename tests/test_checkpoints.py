@@ -6,7 +6,8 @@
 * ``nnx.save`` is atomic: a saving process killed (SIGKILL) at random moments leaves the old or
   the new checkpoint, and a save that fails leaves the old file as it was;
 * training resumes exactly: save, load into a fresh model and optimizer, continue -> the same
-  bits as an uninterrupted run (CPU).
+  bits as an uninterrupted run, on every device (the ``device`` fixture: NumPy, and CuPy where a
+  GPU answers); device tensors and a device model's state save and load like host ones.
 
 See also test_serialization.py (round trips of every value type, refusal of pickle files).
 """
@@ -31,9 +32,9 @@ from nnx import serialization
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _mlp(seed=0, hidden=16):
+def _mlp(seed=0, hidden=16, device="cpu"):
     nnx.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+    return nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3)).to(device)
 
 
 def _same(a, b):
@@ -73,8 +74,10 @@ def _listing(folder):
 
 
 # ---------------------------------------------------------------------- round trip and version
-def test_nested_checkpoint_round_trip(tmp_path):
-    ckpt = _checkpoint()
+def test_nested_checkpoint_round_trip(tmp_path, device):
+    nnx.set_device(device)
+    model = _mlp(device=device)
+    ckpt = _checkpoint(model)
     path = tmp_path / "ckpt.nnx"
     nnx.save(ckpt, path)
     back = nnx.load(path)
@@ -83,6 +86,25 @@ def test_nested_checkpoint_round_trip(tmp_path):
     assert back["lr"] == 0.1 and back["note"] == "x" and back["flags"] == [True, None]
     assert set(back["optimizer"]) == {"state", "param_groups"}
     assert _listing(tmp_path) == ["ckpt.nnx"]  # no temp file left behind
+    # the state came off the device: what is loaded is host arrays holding the device's values
+    for k, p in model.named_parameters():
+        assert type(back["model"][k]) is np.ndarray and np.array_equal(back["model"][k], p.numpy())
+
+
+def test_device_tensors_save_as_host_arrays_and_load_back_onto_the_device(tmp_path, device):
+    w = nnx.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), device=device)
+    i = nnx.tensor(np.array([3, -1], np.int64), device=device)
+    g = (w * 2).sum()  # a tensor with a graph behind it saves its values only
+    path = tmp_path / "t.nnx"
+    nnx.save({"w": w, "nested": [i, {"g": g}]}, path)
+    back = nnx.load(path)
+    assert type(back["w"]) is np.ndarray and back["w"].dtype == np.float32
+    np.testing.assert_array_equal(back["w"], w.numpy())
+    assert back["nested"][0].dtype == np.int64 and back["nested"][0].tolist() == [3, -1]
+    assert float(back["nested"][1]["g"]) == 30.0
+    again = nnx.tensor(back["w"], device=device)
+    assert again.device == w.device
+    np.testing.assert_array_equal(again.numpy(), w.numpy())
 
 
 def test_format_version_is_inside_the_file(tmp_path):
@@ -551,22 +573,23 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_resume_is_bit_identical(tmp_path, opt_name):
+def test_resume_is_bit_identical(tmp_path, opt_name, device):
+    nnx.set_device(device)  # the batches of _steps go to the model's device
     make_opt = OPTIMIZERS[opt_name]
     n, m = 7, 6
 
-    whole = _mlp(seed=0)
+    whole = _mlp(seed=0, device=device)
     whole_opt = make_opt(whole.parameters())
     _steps(whole, whole_opt, 0, n + m)
 
-    first = _mlp(seed=0)
+    first = _mlp(seed=0, device=device)
     first_opt = make_opt(first.parameters())
     _steps(first, first_opt, 0, n)
     path = tmp_path / "ckpt.nnx"
     nnx.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "epoch": n}, path)
     del first, first_opt
 
-    fresh = _mlp(seed=123)  # different initial weights: everything must come from the file
+    fresh = _mlp(seed=123, device=device)  # other initial weights: all must come from the file
     fresh_opt = make_opt(fresh.parameters())
     ck = nnx.load(path)
     fresh.load_state_dict(ck["model"])
@@ -574,18 +597,20 @@ def test_resume_is_bit_identical(tmp_path, opt_name):
     _steps(fresh, fresh_opt, ck["epoch"], n + m)
 
     for (k, a), (_, b) in zip(whole.named_parameters(), fresh.named_parameters()):
+        assert b.device == a.device
         assert np.array_equal(a.numpy(), b.numpy()), f"{opt_name}: {k} differs after resuming"
     assert _same(whole_opt.state_dict(), fresh_opt.state_dict())
 
 
-def test_mismatched_checkpoint_leaves_model_and_optimizer_untouched(tmp_path):
-    src = _mlp(seed=0, hidden=8)  # another architecture
+def test_mismatched_checkpoint_leaves_model_and_optimizer_untouched(tmp_path, device):
+    nnx.set_device(device)
+    src = _mlp(seed=0, hidden=8, device=device)  # another architecture
     src_opt = optim.Adam(src.parameters(), lr=0.01)
     path = tmp_path / "other.nnx"
     nnx.save(_checkpoint(src, src_opt), path)
     ck = nnx.load(path)
 
-    model = _mlp(seed=1)
+    model = _mlp(seed=1, device=device)
     opt = optim.Adam(model.parameters(), lr=0.02)
     _steps(model, opt, 0, 2)
     params = {k: p.numpy().copy() for k, p in model.named_parameters()}
@@ -604,8 +629,8 @@ def test_mismatched_checkpoint_leaves_model_and_optimizer_untouched(tmp_path):
     _steps(model, opt, 2, 3)
 
 
-def test_optimizer_checkpoint_with_wrong_group_count_is_refused():
-    model = _mlp()
+def test_optimizer_checkpoint_with_wrong_group_count_is_refused(device):
+    model = _mlp(device=device)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sd = opt.state_dict()
     sd["param_groups"] = sd["param_groups"] * 2

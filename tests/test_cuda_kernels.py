@@ -187,19 +187,8 @@ def cb(request):
         return
     if not cuda_emu.compiler_available():
         pytest.skip("no C++ compiler for the CUDA emulator")
-    saved = sys.modules.get("cupy")
-    cuda_emu.clear_kernel_caches()
-    sys.modules["cupy"] = cuda_emu.fake_cupy()
-    try:
-        from backends.cupy_backend import CupyBackend
-
-        yield CupyBackend(0)
-    finally:
-        cuda_emu.clear_kernel_caches()
-        if saved is None:
-            sys.modules.pop("cupy", None)
-        else:
-            sys.modules["cupy"] = saved
+    with cuda_emu.emulated_backend() as backend:
+        yield backend
 
 
 class Launches:

@@ -1,4 +1,7 @@
-"""nnx.data: TensorDataset and DataLoader (batching, shuffling, devices, GPU prefetch)."""
+"""nnx.data: TensorDataset and DataLoader (batching, shuffling, devices, GPU prefetch).
+
+The tests of what a loader hands out run on every device (the ``device`` fixture: NumPy, and
+CuPy where a GPU answers); the prefetch path is also driven on the CPU by a simulated CuPy."""
 import contextlib
 import sys
 import types
@@ -79,9 +82,18 @@ def test_len():
 
 
 # ----------------------------------------------------------------------------- batching
-def test_batches_in_order_with_dtypes_and_device():
+def _device_name(device):
+    return nnx.ones(1, device=device).device  # "cuda" -> "cuda:0"
+
+
+@pytest.mark.parametrize("how", ["default-device", "device-argument"])
+def test_batches_in_order_with_dtypes_and_device(device, how):
     x, y = _xy(10)
-    loader = DataLoader((x, y), batch_size=4)
+    if how == "default-device":
+        nnx.set_device(device)
+        loader = DataLoader((x, y), batch_size=4)
+    else:  # the default stays the CPU: the argument alone decides
+        loader = DataLoader((x, y), batch_size=4, device=device)
     batches = list(loader)
     assert len(batches) == len(loader) == 3
     assert [b[0].shape for b in batches] == [(4, 3), (4, 3), (2, 3)]
@@ -89,7 +101,9 @@ def test_batches_in_order_with_dtypes_and_device():
         assert isinstance(xb, nnx.Tensor) and isinstance(yb, nnx.Tensor)
         assert xb.numpy().dtype == np.float32
         assert yb.numpy().dtype == np.int64  # labels stay int64, never cast to float
-        assert xb.device == yb.device == nnx.get_device()
+        assert xb.device == yb.device == _device_name(device)
+        assert xb.backend.is_array(xb.data) and yb.backend.is_array(yb.data)
+        assert xb.dtype == np.float32 and yb.dtype == np.int64
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in batches]), x)
     np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), y)
 
@@ -101,13 +115,14 @@ def test_drop_last():
     np.testing.assert_array_equal(np.concatenate(labels), np.arange(8))
 
 
-def test_dtype_rule_matches_nnx_tensor():
+def test_dtype_rule_matches_nnx_tensor(device):
     # float64 becomes the default dtype, as in nnx.tensor; everything else is kept.
     arrays = (np.ones((6, 2), np.float64), np.ones((6, 1), np.float16),
               np.ones(6, np.int32), np.ones(6, np.uint8), np.ones(6, bool))
-    batch = next(iter(DataLoader(arrays, batch_size=4)))
+    batch = next(iter(DataLoader(arrays, batch_size=4, device=device)))
     got = [b.numpy().dtype for b in batch]
-    assert got == [nnx.tensor(a).dtype for a in arrays]
+    assert got == [nnx.tensor(a, device=device).dtype for a in arrays]
+    assert all(b.device == _device_name(device) for b in batch)
     assert got == [np.float32, np.float16, np.int32, np.uint8, np.bool_]
     assert batch[1].shape == (4, 1)
 
@@ -128,18 +143,22 @@ def test_accepts_nnx_tensor_arrays():
     assert yb.numpy().dtype == np.int64
 
 
-def test_batches_do_not_alias_the_dataset():
+def test_batches_do_not_alias_the_dataset(device):
     x, y = _xy(4)
-    xb, _ = next(iter(DataLoader((x, y), batch_size=4)))
+    xb, _ = next(iter(DataLoader((x, y), batch_size=4, device=device)))
     assert not np.shares_memory(np.asarray(nnx.tensor(x).numpy()), xb.numpy())
     if isinstance(xb.data, np.ndarray):
         assert not np.shares_memory(xb.data, x)
+    xb.data[...] = -1  # writing into a batch (on any device) leaves the source as it was
+    np.testing.assert_array_equal(x, _xy(4)[0])
 
 
-def test_device_argument():
+def test_device_argument(device):
     x, y = _xy(4)
     xb, _ = next(iter(DataLoader((x, y), device="cpu")))
     assert xb.device == "cpu"
+    xb, yb = next(iter(DataLoader((x, y), device=device)))
+    assert xb.device == yb.device == nnx.tensor(x, device=device).device
     xb, _ = next(iter(DataLoader((x, y), device="auto")))
     assert xb.device == nnx.tensor(x, device="auto").device  # "auto" resolved, not kept
     if not nnx.cuda_available():
@@ -174,8 +193,9 @@ class _SquaresDataset(Dataset):
         return np.array([i, i * i], np.float32), np.int64(i % 2)
 
 
-def test_generic_dataset_is_collated():
-    batches = list(DataLoader(_SquaresDataset(), batch_size=3))
+def test_generic_dataset_is_collated(device):
+    batches = list(DataLoader(_SquaresDataset(), batch_size=3, device=device))
+    assert all(f.device == _device_name(device) for b in batches for f in b)
     assert [b[0].shape for b in batches] == [(3, 2), (3, 2), (1, 2)]
     np.testing.assert_array_equal(batches[1][0].numpy(), [[3, 9], [4, 16], [5, 25]])
     assert batches[0][1].numpy().dtype == np.int64
@@ -373,25 +393,25 @@ def test_prefetch_early_exit_finishes_copies(fake_cuda):
     assert all(a.jobs[0].done for a in fake_cuda.created)
 
 
-# ----------------------------------------------------------------------- real GPU
-@pytest.mark.gpu
-@pytest.mark.skipif(not nnx.cuda_available(), reason="needs CuPy and a usable CUDA device")
-def test_cuda_loader_matches_cpu():
-    import cupy
-
+# ----------------------------------------------------------------------- every real device
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_loader_on_each_device_matches_the_cpu(device, drop_last):
+    """The loader's batches on ``device`` (on a GPU through the real prefetch path, with a label
+    array given as a device tensor) are the CPU loader's, epoch after epoch."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1000, 17)).astype(np.float32)
     y = rng.integers(0, 10, 1000).astype(np.int64)
-    gpu = DataLoader((x, cupy.asarray(y)), batch_size=64, shuffle=True, seed=3,
-                     device="cuda:0")
-    cpu = DataLoader((x, y), batch_size=64, shuffle=True, seed=3, device="cpu")
+    dev = DataLoader((x, nnx.tensor(y, device=device)), batch_size=64, shuffle=True, seed=3,
+                     drop_last=drop_last, device=device)
+    cpu = DataLoader((x, y), batch_size=64, shuffle=True, seed=3, drop_last=drop_last,
+                     device="cpu")
     for _ in range(2):
         n = 0
-        for (xg, yg), (xc, yc) in zip(gpu, cpu):
-            assert xg.device.startswith("cuda") and isinstance(xg.data, cupy.ndarray)
+        for (xg, yg), (xc, yc) in zip(dev, cpu):
+            assert xg.device == _device_name(device) and xg.backend.is_array(xg.data)
             xg.data *= 2  # compute on the current stream while the next copy is in flight
             np.testing.assert_array_equal(xg.numpy(), 2 * xc.numpy())
             np.testing.assert_array_equal(yg.numpy(), yc.numpy())
             assert yg.numpy().dtype == np.int64
             n += 1
-        assert n == len(gpu) == 16
+        assert n == len(dev) == len(cpu) == (15 if drop_last else 16)

@@ -247,22 +247,37 @@ def test_cuda_requested_without_gpu_names_the_reason(thunk):
     assert nnx.get_device() == "cpu"  # a failed set_device changes nothing
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA_OK, reason=f"no usable CUDA device: {CUDA_WHY}")
+@pytest.fixture
+def other_device(device):
+    """A second device to mix with ``device``: the CPU beside a GPU; beside the CPU, the strict
+    test backend (NumPy underneath, a device of its own), so the check runs on every machine."""
+    if device == "cpu":
+        backends.register_strict()
+        return "strict"
+    return "cpu"
+
+
 @pytest.mark.parametrize("thunk, words", [
-    pytest.param(lambda: nnx.ones(3) + nnx.ones(3, device="cuda"), ["Add", "cpu", "cuda:0"], id="add"),
-    pytest.param(lambda: nnx.ones(2, 3, device="cuda") @ nnx.ones(3, 2), ["cuda:0", "cpu"], id="matmul"),
-    pytest.param(lambda: nn.Linear(3, 2)(nnx.ones(4, 3, device="cuda")), ["cuda:0", "cpu"], id="linear"),
-    pytest.param(lambda: F.mse_loss(nnx.ones(4, 1, device="cuda"), nnx.ones(4, 1)),
-                 ["mse_loss", "cuda:0", "cpu"], id="mse-target"),
-    pytest.param(lambda: F.cross_entropy(nnx.ones(2, 3, device="cuda"), _labels(0, 1)),
-                 ["cross_entropy", "cuda:0", "cpu"], id="ce-labels"),
+    pytest.param(lambda d, o: nnx.ones(3, device=o) + nnx.ones(3, device=d), ["Add", "o", "d"],
+                 id="add"),
+    pytest.param(lambda d, o: nnx.ones(2, 3, device=d) @ nnx.ones(3, 2, device=o), ["d", "o"],
+                 id="matmul"),
+    pytest.param(lambda d, o: nn.Linear(3, 2, device=o)(nnx.ones(4, 3, device=d)), ["d", "o"],
+                 id="linear"),
+    pytest.param(lambda d, o: F.mse_loss(nnx.ones(4, 1, device=d), nnx.ones(4, 1, device=o)),
+                 ["mse_loss", "d", "o"], id="mse-target"),
+    pytest.param(lambda d, o: F.cross_entropy(nnx.ones(2, 3, device=d),
+                                              nnx.tensor(np.array([0, 1]), device=o)),
+                 ["cross_entropy", "d", "o"], id="ce-labels"),
 ])
-def test_mixing_devices_names_both(thunk, words):
+def test_mixing_devices_names_both(device, other_device, thunk, words):
+    names = {"d": nnx.ones(1, device=device).device, "o": nnx.ones(1, device=other_device).device}
+    assert names["d"] != names["o"]
     with pytest.raises(nnx.DeviceError) as info:
-        thunk()
+        thunk(device, other_device)
     assert isinstance(info.value, RuntimeError)
     for w in words:
+        w = names.get(w, w)
         assert w in str(info.value), str(info.value)
 
 
@@ -315,7 +330,8 @@ def _sd_shape_after_good_keys(sd):
     pytest.param(_sd_object, ["0.bias", "object"], id="object-values"),
     pytest.param(_sd_shape_after_good_keys, ["2.bias", "(3,)", "(2,)"], id="partial-good"),
 ])
-def test_load_state_dict_mismatch_names_key_and_leaves_model_untouched(corrupt, words):
+def test_load_state_dict_mismatch_names_key_and_leaves_model_untouched(device, corrupt, words):
+    nnx.set_device(device)  # the model refusing the state dict lives on ``device``
     nnx.manual_seed(0)
     src = _mlp()
     nnx.manual_seed(1)
@@ -380,7 +396,8 @@ def test_set_detect_anomaly_names_the_first_bad_op_only():
     assert not nnx.is_anomaly_enabled()
 
 
-def test_anomaly_in_a_model_names_the_layer_op():
+def test_anomaly_in_a_model_names_the_layer_op(device):
+    nnx.set_device(device)
     model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
     with nnx.no_grad():
         model[2].weight.data[0, 0] = np.inf
@@ -411,7 +428,9 @@ def test_without_anomaly_mode_nan_flows_silently():
     assert np.isnan(y.numpy()[0])
 
 
-def test_anomaly_mode_changes_no_results():
+def test_anomaly_mode_changes_no_results(device):
+    nnx.set_device(device)
+
     def run():
         nnx.manual_seed(3)
         model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
@@ -455,6 +474,31 @@ def fake_oom(monkeypatch):
     return FakeCupyOOM
 
 
+@pytest.fixture
+def oom_on(device, monkeypatch):
+    """``device``'s backend, with FakeCupyOOM as its out-of-memory type, made the default device.
+
+    Failures are injected into the backend's kernel methods (the contract every backend keeps),
+    on this backend object only, so the same test runs on NumPy and CuPy."""
+    nnx.set_device(device)
+    b = nnx.ones(1).backend
+    monkeypatch.setattr(type(b), "oom_errors", (FakeCupyOOM,))
+    return b
+
+
+def _fail_kernel(monkeypatch, backend, names, error, only=None):
+    """Make ``backend``'s kernel methods ``names`` raise ``error``; a generic entry point
+    (``activation_forward(name, ...)``) fails only for the activation ``only``."""
+    for name in names:
+        real = getattr(backend, name)
+
+        def f(*args, _real=real, _generic=name.startswith("activation_"), **kwargs):
+            if _generic and only is not None and args and args[0] != only:
+                return _real(*args, **kwargs)
+            raise error(*args, **kwargs)
+        monkeypatch.setattr(backend, name, f, raising=False)
+
+
 def _raise_oom(size=1 << 30, total=3 << 30):
     def f(*args, **kwargs):
         raise FakeCupyOOM(size, total)
@@ -472,8 +516,9 @@ def test_backend_oom_types():
     assert backends.Backend.oom_errors.fget(types.SimpleNamespace(xp=fake_xp)) == (PoolOOM,)
 
 
-def test_oom_in_forward_is_reraised_with_size_and_hint(fake_oom, monkeypatch):
-    monkeypatch.setattr(backends.NumpyBackend, "sigmoid_fwd", _raise_oom())
+def test_oom_in_forward_is_reraised_with_size_and_hint(oom_on, monkeypatch):
+    _fail_kernel(monkeypatch, oom_on, ["sigmoid_fwd", "activation_forward"], _raise_oom(),
+                 only="sigmoid")
     x = _r(64, 3)
     with pytest.raises(nnx.OutOfMemoryError) as info:
         F.sigmoid(x)
@@ -483,71 +528,109 @@ def test_oom_in_forward_is_reraised_with_size_and_hint(fake_oom, monkeypatch):
     assert "Sigmoid forward" in msg and "(64, 3) float32" in msg, msg
     assert "1.00 GiB" in msg and "1,073,741,824 bytes" in msg and "3.00 GiB" in msg, msg
     assert "batch size" in msg, msg
-    assert e.requested_bytes == 1 << 30 and e.device == "cpu"
+    assert e.requested_bytes == 1 << 30 and e.device == oom_on.device
+    assert f"out of memory on {oom_on.device}" in msg, msg  # the error names the device
     assert isinstance(e.__cause__, FakeCupyOOM)
 
 
-def test_oom_in_linear_forward(fake_oom, monkeypatch):
-    monkeypatch.setattr(backends.NumpyBackend, "bias_act_", _raise_oom(5 << 20, 0))
+def test_oom_in_linear_forward(oom_on, monkeypatch):
+    _fail_kernel(monkeypatch, oom_on, ["bias_act_"], _raise_oom(5 << 20, 0))
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU()).to(oom_on.device)
     with pytest.raises(nnx.OutOfMemoryError) as info:
-        nn.Sequential(nn.Linear(3, 4), nn.ReLU())(_r(2, 3))
+        model(_r(2, 3))
     msg = str(info.value)
     assert "Linear forward" in msg and "5.00 MiB" in msg and "batch size" in msg, msg
+    assert info.value.device == oom_on.device and oom_on.device in msg, msg
 
 
-def test_oom_in_backward(fake_oom, monkeypatch):
+def test_oom_in_backward(oom_on, monkeypatch):
     x = _r(8, 3).requires_grad_()
     loss = F.sigmoid(x).sum()
-    monkeypatch.setattr(backends.NumpyBackend, "sigmoid_bwd", _raise_oom(2048, 0))
+    _fail_kernel(monkeypatch, oom_on, ["sigmoid_bwd", "activation_backward"], _raise_oom(2048, 0),
+                 only="sigmoid")
     with pytest.raises(nnx.OutOfMemoryError) as info:
         loss.backward()
     msg = str(info.value)
     assert "Sigmoid backward" in msg and "2.00 KiB" in msg, msg
+    assert info.value.device == oom_on.device and oom_on.device in msg, msg
 
 
-def test_oom_in_optimizer_flat_buffers_leaves_params_untouched(fake_oom, monkeypatch):
-    model = _mlp()
+class _XpWith:
+    """A backend's ``xp`` with some functions replaced (the rest reach the real module)."""
+
+    def __init__(self, xp, **replaced):
+        self._xp, self.__dict__["_replaced"] = xp, replaced
+
+    def __getattr__(self, name):
+        return self._replaced[name] if name in self._replaced else getattr(self._xp, name)
+
+
+def test_oom_in_optimizer_flat_buffers_leaves_params_untouched(oom_on, monkeypatch):
+    nnx.manual_seed(0)
+    model = _mlp().to(oom_on.device)
     before = {k: p.data for k, p in model.named_parameters()}
-    b = backends.get_backend("cpu")
+    values = _params(model)
+    x, y = _r(5, 4), _r(5, 2)
 
     def empty(n, dtype=None):
         raise FakeCupyOOM(int(n) * np.dtype(dtype).itemsize, 0)
 
-    monkeypatch.setattr(b, "xp", types.SimpleNamespace(empty=empty, zeros=np.zeros))
+    monkeypatch.setattr(oom_on, "xp", _XpWith(oom_on.xp, empty=empty))
     with pytest.raises(nnx.OutOfMemoryError) as info:
         optim.SGD(model.parameters(), lr=0.1)
     monkeypatch.undo()
+    nnx.set_device(oom_on.device)
     msg = str(info.value)
     n = sum(v.size for v in before.values())
     assert "flat buffers" in msg and f"{n:,} elements" in msg and "batch size" in msg, msg
     for k, p in model.named_parameters():
-        assert p.data is before[k] and p._flat is None, k
+        assert p.data is before[k], k
+    # Nothing of the half-built optimizer is left on the parameters: gradients arrive and
+    # accumulate as on a model no optimizer ever saw, and a new optimizer then steps as SGD does.
+    nnx.manual_seed(0)
+    twin = _mlp().to(oom_on.device)
+    for m in (model, twin):
+        for _ in range(2):
+            F.mse_loss(m(x), y).backward()
+    for (k, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy(), err_msg=k)
+    grads = {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
+    optim.SGD(model.parameters(), lr=0.1).step()
+    for k, p in model.named_parameters():
+        np.testing.assert_allclose(p.numpy(), values[k] - np.float32(0.1) * grads[k],
+                                   rtol=1e-6, atol=1e-7, err_msg=k)
 
 
-def test_oom_in_optimizer_state(fake_oom, monkeypatch):
-    model = _mlp()
+def test_oom_in_optimizer_state(oom_on, monkeypatch):
+    model = _mlp().to(oom_on.device)
     opt = optim.Adam(model.parameters(), lr=0.1)
     F.mse_loss(model(_r(5, 4)), _r(5, 2)).backward()
-    b = backends.get_backend("cpu")
 
     def zeros(n, dtype=None):
         raise FakeCupyOOM(int(n) * np.dtype(dtype).itemsize, 0)
 
-    monkeypatch.setattr(b, "xp", types.SimpleNamespace(zeros=zeros))
+    monkeypatch.setattr(oom_on, "xp", _XpWith(oom_on.xp, zeros=zeros))
     with pytest.raises(nnx.OutOfMemoryError) as info:
         opt.step()
     assert "optimizer state 'exp_avg'" in str(info.value)
+    assert info.value.device == oom_on.device
 
 
 def test_oom_moving_a_batch(fake_oom, monkeypatch):
-    from nnx.ops import ToDevice
-
     other = backends.NumpyBackend()  # a second backend object: a move between "devices"
-    monkeypatch.setattr(other, "asarray", _raise_oom(4096, 0))
-    with pytest.raises(nnx.OutOfMemoryError) as info:
-        ToDevice(other, None).apply(_r(32, 8))
+    other.device = "other-cpu"
+    backends.register_backend("other-cpu", other)
+    try:
+        monkeypatch.setattr(other, "asarray", _raise_oom(4096, 0))
+        monkeypatch.setattr(other, "xp", _XpWith(other.xp, asarray=_raise_oom(4096, 0),
+                                                 array=_raise_oom(4096, 0)))
+        with pytest.raises(nnx.OutOfMemoryError) as info:
+            _r(32, 8).to("other-cpu")
+    finally:
+        backends._backends.pop("other-cpu", None)
     msg = str(info.value)
     assert "moving a (32, 8) float32 tensor" in msg and "4.00 KiB" in msg, msg
+    assert info.value.device == "other-cpu" and "other-cpu" in msg, msg
 
 
 def test_other_memory_errors_pass_through(monkeypatch):
@@ -557,7 +640,8 @@ def test_other_memory_errors_pass_through(monkeypatch):
     def f(*a, **k):
         raise boom
 
-    monkeypatch.setattr(backends.NumpyBackend, "sigmoid_fwd", f)
+    _fail_kernel(monkeypatch, backends.get_backend("cpu"), ["sigmoid_fwd", "activation_forward"],
+                 f, only="sigmoid")
     with pytest.raises(MemoryError) as info:
         F.sigmoid(_r(2))
     assert info.value is boom and not isinstance(info.value, nnx.NNXError)

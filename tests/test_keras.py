@@ -13,7 +13,8 @@ import pytest
 import backends
 import nnx
 import nnx.functional as F
-from nnx import callbacks, nn, optim, training
+from nnx import callbacks, nn, optim
+from nnx.keras import data as keras_data, saving
 
 XOR_X = np.array([[0., 0.], [0., 1.], [1., 0.], [1., 1.]])
 XOR_Y = np.array([[0.], [1.], [1.], [0.]])
@@ -564,12 +565,12 @@ def test_fit_syncs_with_the_host_once_per_epoch():
         assert model.predict(x).shape == (50, 3)
         assert sb.sync_counts["count"] == 1
         # data too big to keep whole on the device streams through nnx.data.DataLoader
-        old = training.RESIDENT_BYTES
-        training.RESIDENT_BYTES = 0
+        old = keras_data.RESIDENT_BYTES
+        keras_data.RESIDENT_BYTES = 0
         try:
             h = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
         finally:
-            training.RESIDENT_BYTES = old
+            keras_data.RESIDENT_BYTES = old
         assert h.params["steps"] == 7 and len(h.epoch) == 2
     finally:
         nnx.set_device("cpu")
@@ -604,7 +605,7 @@ def test_summary_and_config_round_trip(tmp_path, capsys):
     assert json.loads(json.dumps(cfg)) == cfg  # architecture as plain data
     path = tmp_path / "m.npz"
     model.save(path, extra={"note": "hi", "mean": np.arange(4.0)})
-    back, extra = training.load_checkpoint(path)
+    back, extra = saving.load_checkpoint(path)
     assert extra["note"] == "hi" and np.array_equal(extra["mean"], np.arange(4.0))
     assert back.get_config() == cfg
     x = blobs(10)[0]
@@ -646,3 +647,195 @@ def test_deferred_device_input_checks_raise_at_the_epoch_sync():
         assert [w for w, _ in sb.sync_counts["where"]][0] == "to_host()"
     finally:
         nnx.set_device("cpu")
+
+
+# ============================================================================ the package's shape
+def test_construction_infers_input_sizes_as_add_does(capsys):
+    nnx.manual_seed(0)
+    model = nn.Sequential(nn.Dense(64, input_dim=64, activation="relu"),
+                          nn.Dense(10, activation="softmax"))
+    assert model[1].built and model[1].in_features == 64
+    opt = optim.Adam(model.parameters())  # made before compile: covers every parameter
+    assert sum(p.size for g in opt.param_groups for p in g["params"]) == 4810
+    assert model.count_params() == 4810
+    model.summary()
+    text = capsys.readouterr().out
+    assert "Total params: 4,810" in text and "4,160" in text and "650" in text
+    assert "(None, 10)" in text
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=opt)
+    assert model.predict(np.zeros((3, 64), np.float32)).shape == (3, 10)
+    # through layers that keep the size, and through a nested Sequential
+    seq = nn.Sequential(nn.Dense(4, input_dim=3), nn.Dropout(0.1), nn.ReLU(), nn.Dense(6),
+                        nn.Sequential(nn.Identity(), nn.Dense(5, input_dim=6)), nn.Dense(2))
+    assert seq[3].in_features == 4 and seq[5].in_features == 5
+    # a layer of unknown output size leaves the next Dense to compile, which names it
+    flat = nn.Sequential(nn.Flatten(), nn.Dense(2))
+    assert not flat[1].built
+    with pytest.raises(ValueError, match="position 1"):
+        flat.compile(loss="mse", optimizer="sgd")
+
+
+def test_keras_list_form_builds_the_same_model():
+    nnx.manual_seed(4)
+    listed = nn.Sequential([nn.Dense(4, input_dim=3, activation="tanh"), nn.Dense(2)])
+    nnx.manual_seed(4)
+    added = nn.Sequential()
+    added.add(nn.Dense(4, input_dim=3, activation="tanh"))
+    added.add(nn.Dense(2))
+    assert listed.get_config() == added.get_config() and len(listed) == 2
+    for a, b in zip(listed.get_weights(), added.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(nn.Sequential([])) == 0
+
+
+def test_a_layer_tells_its_output_size_through_one_method():
+    class Doubling(nn.Module):  # a user's layer: concatenates x with itself
+        def forward(self, x):
+            return nnx.tensor(np.concatenate([x.numpy()] * 2, axis=-1))
+
+        def output_features(self, in_features):
+            return None if in_features is None else 2 * in_features
+
+    model = nn.Sequential()
+    model.add(nn.Dense(3, input_dim=2))
+    model.add(Doubling())
+    model.add(nn.Dense(1))
+    assert model[2].in_features == 6
+    assert nn.Linear(2, 7).output_features(None) == 7
+    assert nn.Dropout().output_features(5) == 5 and nn.Flatten().output_features(5) is None
+    assert nn.Sigmoid().output_features(5) == 5 and nn.LeakyReLU(0.2).output_features(5) == 5
+    with pytest.raises(ValueError, match="cannot infer"):
+        nn.Sequential(nn.Dense(3, input_dim=2), _Custom()).add(nn.Dense(1))
+
+
+_LAYERS = {
+    "Linear": (lambda: nn.Linear(3, 4, bias=False),
+               {"class": "Linear", "in_features": 3, "out_features": 4, "bias": False}),
+    "Dropout": (lambda: nn.Dropout(0.3), {"class": "Dropout", "p": 0.3}),
+    "Flatten": (lambda: nn.Flatten(2), {"class": "Flatten", "start_dim": 2, "end_dim": -1}),
+    "Identity": (nn.Identity, {"class": "Identity"}),
+    "Softmax": (lambda: nn.Softmax(dim=1), {"class": "Softmax", "axis": 1}),
+    "LogSoftmax": (lambda: nn.LogSoftmax(axis=0), {"class": "LogSoftmax", "axis": 0}),
+    "Sigmoid": (nn.Sigmoid, {"class": "Sigmoid"}),
+    "ReLU": (nn.ReLU, {"class": "ReLU"}),
+    "Tanh": (nn.Tanh, {"class": "Tanh"}),
+    "LeakyReLU": (lambda: nn.LeakyReLU(0.2), {"class": "LeakyReLU", "negative_slope": 0.2}),
+    "Dense": (lambda: nn.Dense(5, input_dim=3, activation=nn.LeakyReLU(0.3), use_bias=False),
+              {"class": "Dense", "units": 5, "input_dim": 3, "use_bias": False,
+               "activation": {"class": "LeakyReLU", "negative_slope": 0.3}}),
+    "Dense-unbuilt": (lambda: nn.Dense(2, activation="relu"),
+                      {"class": "Dense", "units": 2, "input_dim": None, "activation": "relu",
+                       "use_bias": True}),
+    "container": (lambda: nn.container.Sequential(nn.Linear(2, 2), nn.ReLU()),
+                  {"class": "Sequential", "layers": [
+                      {"class": "Linear", "in_features": 2, "out_features": 2, "bias": True},
+                      {"class": "ReLU"}]}),
+}
+
+
+@pytest.mark.parametrize("name", list(_LAYERS))
+def test_each_layer_states_its_own_config(name):
+    make, want = _LAYERS[name]
+    layer = make()
+    cfg = layer.get_config()
+    assert cfg == want  # the keys and values of the saved-file format
+    assert json.loads(json.dumps(cfg)) == cfg
+    back = type(layer).from_config(cfg)
+    assert type(back) is type(layer) and back.get_config() == cfg
+    again = nn.config.layer_from_config(cfg)  # what loading a file does: by the class name
+    if name == "container":  # a saved "Sequential" loads as the Keras model, as it always did
+        assert type(again) is nnx.keras.Sequential
+        assert again.get_config() == {**cfg, "dtype": "float32"}
+    else:
+        assert again.get_config() == cfg
+    assert {p: tuple(v.shape) for p, v in again.state_dict().items()} == \
+        {p: tuple(v.shape) for p, v in layer.state_dict().items()}
+
+
+def test_configs_check_their_values_and_name_only_nnx_classes():
+    load = nn.config.layer_from_config
+    for bad, match in (({"class": "Dropout", "p": "half"}, "wrong type"),
+                       ({"class": "LeakyReLU", "negative_slope": True}, "wrong type"),
+                       ({"class": "Linear", "in_features": 3}, "lacks 'out_features'"),
+                       ({"class": "Dense", "units": 2, "input_dim": 1.5}, "wrong type"),
+                       ({"class": "subprocess.Popen"}, "unknown layer class"),
+                       ({"units": 3}, "'class' name")):
+        with pytest.raises(nnx.CheckpointError, match=match):
+            load(bad)
+
+    class MyLinear(nn.Linear):  # a user's subclass is not nnx's Linear: not describable
+        pass
+
+    class Dropout(nn.Module):  # nor is a user's class that borrows an nnx name
+        pass
+
+    for m in (MyLinear(2, 2), Dropout(), _Custom()):
+        with pytest.raises(ValueError, match="cannot describe"):
+            m.get_config()
+    assert type(load({"class": "Dropout"})) is nn.Dropout
+    assert nn.config.LAYER_CLASSES["Sequential"] is nnx.keras.Sequential
+
+
+def test_files_in_the_saved_format_load_as_before(tmp_path):
+    """A config as nnx has always written it (nested Sequential without a dtype) loads."""
+    cfg = {"class": "Sequential", "dtype": "float64", "layers": [
+        {"class": "Dense", "units": 8, "input_dim": 4, "activation": "relu", "use_bias": True},
+        {"class": "Dropout", "p": 0.25},
+        {"class": "Dense", "units": 6, "input_dim": 8, "use_bias": True,
+         "activation": {"class": "LeakyReLU", "negative_slope": 0.2}},
+        {"class": "Linear", "in_features": 6, "out_features": 3, "bias": True},
+        {"class": "Sequential", "layers": [{"class": "Tanh"}, {"class": "Softmax", "axis": -1}]},
+    ]}
+    model = nn.Sequential.from_config(cfg, dtype=cfg["dtype"])
+    assert type(model) is nnx.keras.Sequential and type(model[4]) is nnx.keras.Sequential
+    assert model[1].p == 0.25 and model[2].activation_module.negative_slope == 0.2
+    assert all(p.dtype == np.float64 for p in model.parameters())
+    path = tmp_path / "m.npz"
+    nnx.save({"format": "nnx.sequential", "config": cfg, "state_dict": model.state_dict(),
+              "extra": {}}, path)
+    back = nnx.load_model(path)
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    np.testing.assert_allclose(back.predict(x), model.predict(x))
+
+
+def test_plain_container_is_pytorch_s_and_the_keras_model_extends_it():
+    plain = nn.container.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
+    for name in ("add", "compile", "fit", "evaluate", "predict", "summary", "save"):
+        assert not hasattr(plain, name), name
+    assert issubclass(nnx.keras.Sequential, nn.container.Sequential)
+    assert nn.Sequential is nnx.keras.Sequential and nn.Dense is nnx.keras.Dense
+    from nnx.nn import Dense, Sequential
+
+    assert (Sequential, Dense) == (nnx.keras.Sequential, nnx.keras.Dense)
+    keras = nn.Sequential(*plain)  # the same modules: the same forward and state_dict keys
+    x = nnx.tensor(XOR_X)
+    np.testing.assert_array_equal(keras(x).numpy(), plain(x).numpy())
+    assert list(keras.state_dict()) == list(plain.state_dict())
+    assert type(plain[:2]) is nn.container.Sequential and type(keras[:2]) is nnx.keras.Sequential
+    assert isinstance(nnx.History(), nnx.keras.History)
+    assert nnx.callbacks.EarlyStopping is nnx.keras.callbacks.EarlyStopping
+
+
+def test_nothing_in_nnx_nn_imports_nnx_keras():
+    """nnx.nn sits below nnx.keras: no import of it anywhere in nnx/nn/ (function level too)."""
+    import ast
+    import pathlib
+
+    nn_dir = pathlib.Path(nnx.nn.__file__).parent
+    offenders = []
+    for path in sorted(nn_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative to nnx.nn: one dot is nnx.nn, two are nnx
+                    base = ".".join((["nnx", "nn"][:3 - node.level] + [base]) if base else
+                                    ["nnx", "nn"][:3 - node.level])
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n == "nnx.keras" or n.startswith("nnx.keras.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders
+    assert len(list(nn_dir.glob("*.py"))) >= 5  # the walk saw the package

@@ -1,14 +1,18 @@
-"""Layers: Linear, activations, Dropout, Sequential, Flatten."""
+"""Layers: Linear, activations, Softmax/LogSoftmax, Identity, Dropout, Flatten.
+
+Each layer states its own config (``get_config`` / ``from_config``; the generic ones of
+``Module`` where the constructor arguments are plain attributes, see ``nnx.nn.config``) and the
+size of its output's last axis (``output_features``). The ``Sequential`` container is in
+``nnx.nn.container``.
+"""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 from .. import _config
 from .. import functional as F
-from ..linear_chain import Run, fused_args, linear_chain
-from ..training import TrainingMixin
 from . import init
+from .config import class_name, config_arg
 from .module import Module, Parameter
 
 
@@ -62,80 +66,63 @@ class Linear(Module):
         p = self._parameters
         return F.linear(x, p["weight"], p["bias"], activation, negative_slope, self._label)
 
+    def output_features(self, in_features):
+        """``out_features``, whatever the input size."""
+        return self.out_features
+
+    def get_config(self):
+        """``{"class": "Linear", "in_features": int, "out_features": int, "bias": bool}``."""
+        return {"class": class_name(self), "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def from_config(cls, config, device=None, dtype=None):
+        """A fresh ``Linear`` (PyTorch's initialization) of ``get_config``'s sizes."""
+        return cls(config_arg(config, "in_features", (int,), required=True),
+                   config_arg(config, "out_features", (int,), required=True),
+                   bias=config_arg(config, "bias", (bool,), True), device=device, dtype=dtype)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class Sigmoid(Module):
-    """Element-wise 1 / (1 + exp(-x)), stable in both tails."""
+class _OverAxis(Module):
+    """Base of the normalizations over one axis (``axis``, or PyTorch's ``dim=``): the output
+    has the input's shape."""
 
-    fused_activation = "sigmoid"
-
-    def forward(self, x):
-        return F.sigmoid(x)
-
-
-class Tanh(Module):
-    fused_activation = "tanh"
-
-    def forward(self, x):
-        return F.tanh(x)
-
-
-class ReLU(Module):
-    """Element-wise max(x, 0)."""
-
-    fused_activation = "relu"
-
-    def forward(self, x):
-        return F.relu(x)
-
-
-class LeakyReLU(Module):
-    """x for x >= 0, ``negative_slope * x`` otherwise."""
-
-    def __init__(self, negative_slope=0.01):
-        super().__init__()
-        self.negative_slope = float(negative_slope)
-
-    @property
-    def fused_activation(self):
-        return "leaky_relu" if self.negative_slope > 0 else None
-
-    def forward(self, x):
-        return F.leaky_relu(x, self.negative_slope)
-
-    def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
-
-
-class Softmax(Module):
     def __init__(self, axis=-1, *, dim=None):
         super().__init__()
         self.axis = dim if dim is not None else axis
+
+    def output_features(self, in_features):
+        return in_features
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class Softmax(_OverAxis):
+    """``exp(x) / sum(exp(x))`` over ``axis`` (default the last). Shape: (*) -> (*)."""
 
     def forward(self, x):
         return F.softmax(x, axis=self.axis)
 
-    def extra_repr(self):
-        return f"axis={self.axis}"
 
-
-class LogSoftmax(Module):
-    def __init__(self, axis=-1, *, dim=None):
-        super().__init__()
-        self.axis = dim if dim is not None else axis
+class LogSoftmax(_OverAxis):
+    """``log(softmax(x))`` over ``axis``, computed stably. Shape: (*) -> (*)."""
 
     def forward(self, x):
         return F.log_softmax(x, axis=self.axis)
 
-    def extra_repr(self):
-        return f"axis={self.axis}"
-
 
 class Identity(Module):
+    """Returns its input unchanged (a placeholder layer)."""
+
     def forward(self, x):
         return x
+
+    def output_features(self, in_features):
+        return in_features
 
 
 class Dropout(Module):
@@ -150,11 +137,17 @@ class Dropout(Module):
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
 
+    def output_features(self, in_features):
+        return in_features
+
     def extra_repr(self):
         return f"p={self.p}"
 
 
 class Flatten(Module):
+    """Merges the axes ``start_dim`` .. ``end_dim`` into one: (N, C, H, W) -> (N, C*H*W) with
+    the defaults."""
+
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
@@ -162,100 +155,7 @@ class Flatten(Module):
     def forward(self, x):
         return x.flatten(self.start_dim, self.end_dim)
 
-
-class Sequential(TrainingMixin, Module):
-    """A chain of modules applied in order; indexable like a list.
-
-    A ``Linear`` directly followed by a ``Sigmoid``, ``ReLU``, ``Tanh`` or ``LeakyReLU`` runs as
-    one graph node (matmul, then one fused bias+activation pass); the results are the same.
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1), nn.Sigmoid())
-    """
-
-    def __init__(self, *modules):
-        super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
-            for name, m in modules[0].items():
-                self.add_module(name, m)
-        else:
-            for i, m in enumerate(modules):
-                self.add_module(str(i), m)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, idx):
-        mods = list(self._modules.items())
-        if isinstance(idx, slice):
-            return Sequential(OrderedDict(mods[idx]))
-        if not -len(mods) <= idx < len(mods):
-            raise IndexError(f"Sequential index {idx} out of range for {len(mods)} modules")
-        return mods[idx][1]
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-    def _plan(self):
-        """[(module, activation)]: a Linear followed by a fusable activation becomes one entry
-        (activation None otherwise). Rebuilt whenever the children change."""
-        return self._plans()[0]
-
-    def _plans(self):
-        """``(plan, runs, version)``: ``plan`` as :meth:`_plan`; ``runs`` the same entries with
-        each stretch of consecutive Linear entries gathered into a :class:`Run` (one graph node
-        each, see ``nnx.linear_chain``). Cached until the layout changes (``version``)."""
-        cached = self.__dict__.get("_fusion_plan")
-        version = _config.layout_version[0]
-        if cached is not None and cached[2] == version:
-            return cached
-        mods = list(self._modules.values())
-        plan, i = [], 0
-        while i < len(mods):
-            m = mods[i]
-            nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if _plain_linear(m) and type(nxt) in _FUSABLE_TYPES and nxt.fused_activation \
-                    and "forward" not in nxt.__dict__:
-                plan.append((m, nxt))
-                i += 2
-            else:
-                plan.append((m, None))
-                i += 1
-        runs = []
-        for m, act in plan:
-            if _plain_linear(m):
-                if runs and type(runs[-1]) is Run:
-                    runs[-1].append((m, act))
-                else:
-                    runs.append(Run([(m, act)]))
-            else:
-                runs.append(m)
-        cached = (plan, runs, version)
-        object.__setattr__(self, "_fusion_plan", cached)
-        return cached
-
-    def forward(self, x):
-        for run in self._plans()[1]:
-            if type(run) is not Run:
-                x = run(x)
-                continue
-            y = linear_chain(x, run)
-            if y is None:  # not chainable as given: layer by layer (and their errors)
-                for m, act in run:
-                    x = m(x) if act is None else m.forward(x, *fused_args(act))
-            else:
-                x = y
-        return x
-
-
-_FUSABLE_TYPES = (Sigmoid, ReLU, Tanh, LeakyReLU)
-
-
-def _plain_linear(m):
-    """An ``nn.Linear`` itself (not a subclass) whose ``forward`` nobody replaced on the
-    instance: the layers Sequential may run fused."""
-    return type(m) is Linear and "forward" not in m.__dict__
+    def output_features(self, in_features):
+        """None: the merged size depends on axes other than the last, which the size of the
+        last axis alone does not tell."""
+        return None

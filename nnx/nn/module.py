@@ -6,8 +6,10 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _config
+from ..cache import notify
+from . import config as _layer_config
 from ..errors import CheckpointError, DTypeError, ShapeError
-from ..tensor import Tensor, _init_slots, _is_dtype_name, host_array, tensor
+from ..tensor import DeviceDtypeShorthands, Tensor, _init_slots, _is_dtype_name, _wrap, host_array, tensor
 
 
 _DATA = Tensor.__dict__["data"]  # Tensor's slot; Parameter wraps it in a property
@@ -17,9 +19,29 @@ class Parameter(Tensor):
     """A tensor that is a module's learnable parameter (``requires_grad`` by default).
 
     ``Parameter(t)`` shares ``t``'s data, as in PyTorch.
+
+    An optimizer may keep a parameter in a flat buffer (``nnx.optim``): ``_bind_flat`` makes
+    its data a view of the optimizer's flat data array and its gradient a view of the flat
+    gradient array, so a backward writes the gradient there and one fused update covers every
+    parameter. ``_flat_owner`` tells the optimizer whether the parameter is still bound to it;
+    a new storage (``p.data = other_shape``, ``model.to(...)``) unbinds it.
     """
 
-    __slots__ = ()
+    # the flat buffer's owner, the gradient view (a Tensor), the caches computed from this
+    # parameter (``nnx.cache``, a weak set or None)
+    __slots__ = ("_owner", "_grad_view", "_watchers")
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._owner = None  # first: the data setter reads it (copies and unpickling, too)
+        self._grad_view = None
+        self._watchers = None
+        return self
+
+    def _storage_changed(self):
+        """The data is a new array: empty the caches that depend on this parameter."""
+        _config.layout_version[0] += 1
+        notify(self._watchers)
 
     def __init__(self, data=None, requires_grad=True):
         if data is None:
@@ -34,8 +56,7 @@ class Parameter(Tensor):
         other new storage leaves the buffer, and the optimizer re-flattens on its next step."""
         if isinstance(value, Tensor):
             value = value.data
-        flat = self._flat
-        if flat is not None:
+        if self._owner is not None:
             cur = _DATA.__get__(self, Parameter)
             if getattr(value, "shape", None) == cur.shape and getattr(value, "dtype", None) == cur.dtype \
                     and self._backend.is_array(value):
@@ -44,75 +65,137 @@ class Parameter(Tensor):
             self._set_data(self._backend.asarray(value))
             return
         _DATA.__set__(self, value)
-        _config.layout_version[0] += 1
+        self._storage_changed()
 
     # the getter is the slot's own C-level __get__ (no Python frame: read on every op's input)
     data = property(_DATA.__get__, _assign_data,
                     doc="The parameter's backend array; assignable (see ``_assign_data``).")
 
     def _set_data(self, array, backend=None):
-        """Replace the storage (device or dtype move): any flat-buffer membership ends."""
-        self._flat = None
-        self._gbuf = None
+        """Replace the storage (device or dtype move): leaves any flat buffer, drops the
+        gradient."""
+        self._leave_flat()
         self._grad = None
         _DATA.__set__(self, array)
-        _config.layout_version[0] += 1
+        self._storage_changed()
         if backend is not None:
             self._backend = backend
+
+    # ------------------------------------------------------------------ flat buffers
+    def _bind_flat(self, owner, data_view, grad_view):
+        """Keep this parameter in ``owner``'s flat buffer (an optimizer's).
+
+        ``data_view`` and ``grad_view`` are arrays of this parameter's shape and dtype on its
+        backend (views of the flat data and gradient arrays). The current values are copied
+        into ``data_view``, which becomes ``data``; ``grad_view`` becomes the gradient's storage
+        (a gradient set now is copied into it). Leaves any earlier flat buffer. ``owner`` is
+        told, through ``owner._param_left(self)``, when the parameter leaves its buffer.
+        """
+        data_view[...] = _DATA.__get__(self, Parameter)
+        old_grad = self._grad
+        view = _wrap(grad_view, self._backend)  # the gradient's Tensor, reused every step
+        if old_grad is not None:
+            grad_view[...] = old_grad.data
+            self._grad, self._grad_owned = view, True
+        self._leave_flat()
+        _DATA.__set__(self, data_view)
+        self._storage_changed()
+        self._owner, self._grad_view = owner, view
+
+    def _leave_flat(self):
+        """End the flat-buffer membership, if any: the owner hears it (``owner._param_left``)
+        and re-flattens on its next step; the gradient's storage is no longer the view."""
+        owner = self._owner
+        if owner is not None:
+            self._owner = self._grad_view = None
+            owner._param_left(self)
+
+    def _flat_owner(self):
+        """The owner of the flat buffer this parameter lives in (``_bind_flat``), or None."""
+        return self._owner
+
+    def _grad_storage(self):
+        return self._grad_view
+
+    def _take_grad_storage(self):
+        view = self._grad_view
+        if view is None or self._grad is not None:
+            return None
+        self._grad, self._grad_owned = view, True
+        return view.data
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
 
 
 class _Registry(OrderedDict):
-    """A module's ``_parameters`` / ``_modules``: every change bumps ``_config.layout_version``,
-    so plans cached against the layout (``Sequential``'s fusion plan, ``nnx.linear_chain``)
-    follow even direct edits of these dicts."""
+    """A module's ``_parameters`` / ``_modules``: every change empties the caches watching the
+    module (``nnx.cache``: ``Sequential``'s fusion plan, ``nnx.linear_chain``'s layer specs), so
+    they follow even direct edits of these dicts."""
+
+    def __init__(self, owner=None):
+        super().__init__()
+        self.owner = owner
+
+    def _changed(self):
+        owner = self.__dict__.get("owner")
+        if owner is not None:
+            notify(owner.__dict__.get("_watchers"))
 
     def __setitem__(self, key, value):
-        _config.layout_version[0] += 1
+        self._changed()
         super().__setitem__(key, value)
 
     def __delitem__(self, key):
-        _config.layout_version[0] += 1
+        self._changed()
         super().__delitem__(key)
 
     def pop(self, *args):
-        _config.layout_version[0] += 1
+        self._changed()
         return super().pop(*args)
 
     def popitem(self, last=True):
-        _config.layout_version[0] += 1
+        self._changed()
         return super().popitem(last)
 
     def clear(self):
-        _config.layout_version[0] += 1
+        self._changed()
         super().clear()
 
     def setdefault(self, key, default=None):
-        _config.layout_version[0] += 1
+        self._changed()
         return super().setdefault(key, default)
 
     def update(self, *args, **kwargs):
-        _config.layout_version[0] += 1
+        self._changed()
         super().update(*args, **kwargs)
 
 
-class Module:
+class Module(DeviceDtypeShorthands):
     """Base class of layers and models.
 
     Assigning a ``Parameter`` or a ``Module`` to an attribute registers it; ``parameters()``,
     ``named_parameters()``, ``state_dict()`` and ``to()`` walk the registered tree.
     """
 
+    _watchers = None  # the caches computed from this module (``nnx.cache``), a weak set
+
     def __init__(self):
-        object.__setattr__(self, "_parameters", _Registry())
-        object.__setattr__(self, "_modules", _Registry())
+        object.__setattr__(self, "_parameters", _Registry(self))
+        object.__setattr__(self, "_modules", _Registry(self))
         object.__setattr__(self, "training", True)
+
+    def _changed(self):
+        """Empty the caches computed from this module (its layout or settings changed)."""
+        notify(self.__dict__.get("_watchers"))
+
+    def __getstate__(self):
+        # caches (and who watches this module) are rebuilt on use: never copied or pickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("_watchers", "_fusion_plan")}
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name, value):
-        _config.layout_version[0] += 1
+        notify(self.__dict__.get("_watchers"))
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("call Module.__init__() before assigning attributes")
@@ -140,7 +223,7 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
-        _config.layout_version[0] += 1
+        self._changed()
         if name in self._parameters:
             del self._parameters[name]
         elif name in self._modules:
@@ -151,12 +234,12 @@ class Module:
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter or None")
-        self._parameters[name] = param  # the registry bumps the layout version
+        self._parameters[name] = param  # the registry empties the caches watching this module
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module")
-        self._modules[str(name)] = module  # the registry bumps the layout version
+        self._modules[str(name)] = module  # the registry empties the caches watching this module
 
     register_module = add_module
 
@@ -268,21 +351,6 @@ class Module:
                 p._set_data(b.xp.ascontiguousarray(arr), b)
         return self
 
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, index=0):
-        return self.to(f"cuda:{index}")
-
-    def double(self):
-        return self.to(dtype=np.float64)
-
-    def float(self):
-        return self.to(dtype=np.float32)
-
-    def half(self):
-        return self.to(dtype=np.float16)
-
     @property
     def device(self):
         for p in self.parameters():
@@ -333,6 +401,42 @@ class Module:
         for p, arr in staged:
             p.data[...] = p._backend.asarray(arr)
         return _IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ layers as data
+    def __init_subclass__(cls, **kwargs):
+        """Enter nnx's own layer classes into the table saved architectures load from
+        (``nnx.nn.config.LAYER_CLASSES``)."""
+        super().__init_subclass__(**kwargs)
+        _layer_config.register(cls)
+
+    def output_features(self, in_features):
+        """The size of the last axis of this module's output, for an input whose last axis
+        has ``in_features`` entries (an int, or None when not known); None when it cannot be
+        told without running the module. A Keras ``Dense`` without ``input_dim`` takes its
+        input size from this answer of the layers before it.
+
+        Default: ``out_features`` when the module has that attribute; the size unchanged for
+        an element-wise activation (a class declaring ``fused_activation``, as ``nn.ReLU``);
+        else None. Layers override it (``Dropout`` keeps the size, ``Flatten`` says None).
+        """
+        out = getattr(self, "out_features", None)
+        if out is not None:
+            return out
+        return in_features if hasattr(type(self), "fused_activation") else None
+
+    def get_config(self):
+        """This layer as JSON-able data: ``{"class": name, <constructor argument>: value}``.
+
+        The default describes nnx's own layers whose constructor arguments are attributes of
+        the same name (``Dropout`` -> ``{"class": "Dropout", "p": 0.5}``); ValueError for any
+        other module (save its ``state_dict()`` instead). See ``nnx.nn.config``."""
+        return _layer_config.describe(self)
+
+    @classmethod
+    def from_config(cls, config, device=None, dtype=None):
+        """A new layer (fresh parameters, on ``device`` in ``dtype``) from ``get_config``'s
+        dict; CheckpointError for an entry of the wrong type."""
+        return _layer_config.build(cls, config, device, dtype)
 
     # ------------------------------------------------------------------ printing
     def extra_repr(self) -> str:

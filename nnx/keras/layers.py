@@ -3,47 +3,34 @@
 A ``Dense`` is a ``Linear`` (same ``weight`` (out, in) and ``bias`` (out,) parameters, so
 ``state_dict`` keys stay ``"0.weight"``, ``"0.bias"`` as in PyTorch) that carries its activation
 and starts from Keras's initialization. Its input size may be left open and filled in by
-``Sequential.add`` from the layer before it.
+``nnx.keras.Sequential`` (at construction or in ``add``) from the ``output_features`` of the
+layers before it.
 """
 from __future__ import annotations
 
 from .. import _config
 from .. import functional as F
-from . import init
-from .layers import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
-from .module import Module, Parameter
+from ..nn import init
+from ..nn.config import class_name, config_arg, layer_from_config
+from ..nn.activation import names as activation_names, resolve as resolve_activation
+from ..nn.layers import Linear
+from ..nn.module import Module, Parameter
 
-__all__ = ["Dense", "ACTIVATIONS", "activation_config", "activation_from_config"]
+__all__ = ["Dense", "ACTIVATIONS"]
 
-# Activation names Dense accepts. "leaky_relu" uses nnx's (and PyTorch's) slope 0.01; Keras 3's
-# string "leaky_relu" uses 0.2: pass nn.LeakyReLU(0.2) for that.
-ACTIVATIONS = ("linear", "sigmoid", "relu", "tanh", "leaky_relu", "softmax")
-_FUSED = ("linear", "sigmoid", "relu", "tanh", "leaky_relu")  # F.linear runs these in one node
+# Activation names Dense accepts (each entry of backends.activations by its name and Keras name,
+# "linear", "softmax"; see nnx.nn.activation.names() for the current list). "leaky_relu" uses
+# nnx's (and PyTorch's) slope 0.01; Keras 3's string "leaky_relu" uses 0.2: pass
+# nn.LeakyReLU(0.2) for that.
+ACTIVATIONS = activation_names()
 
 
 def _normalize_activation(activation):
-    """``(name, module)``: a known name (module None), or a Module (name its fused name, if
-    any, so ``Dense(2, activation=nn.ReLU())`` runs as fast as ``activation="relu"``)."""
-    if activation is None:
-        return "linear", None
-    if isinstance(activation, str):
-        name = activation.strip().lower()
-        if name not in ACTIVATIONS:
-            raise ValueError(f"Dense: unknown activation {activation!r}; expected one of "
-                             f"{', '.join(ACTIVATIONS)}, None, or an nnx.nn module such as "
-                             f"nn.LeakyReLU(0.2)")
-        return name, None
-    if isinstance(activation, Module):
-        t = type(activation)
-        if t in (Sigmoid, ReLU, Tanh):
-            return activation.fused_activation, None
-        if t is LeakyReLU and activation.fused_activation:
-            return "leaky_relu", activation
-        if t is Softmax and activation.axis in (-1, 1):
-            return "softmax", None
-        return None, activation
-    raise TypeError(f"Dense: activation must be a name, None or an nnx.nn Module, got "
-                    f"{type(activation).__name__}")
+    """``(name, module)`` (see ``nnx.nn.activation.resolve``), errors naming Dense."""
+    try:
+        return resolve_activation(activation)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"Dense: {e}") from None
 
 
 class Dense(Linear):
@@ -53,10 +40,12 @@ class Dense(Linear):
     Args:
         units: number of outputs (``out_features``).
         activation: ``"linear"`` or None (no activation), ``"sigmoid"``, ``"relu"``, ``"tanh"``,
-            ``"leaky_relu"`` (slope 0.01), ``"softmax"`` (over the last axis), or an ``nnx.nn``
-            module applied to the output (e.g. ``nn.LeakyReLU(0.2)``). Default: None.
+            ``"leaky_relu"`` (slope 0.01), any activation registered in
+            ``backends.activations`` (by its name or Keras name), ``"softmax"`` (over the last
+            axis), or an ``nnx.nn`` module applied to the output (e.g. ``nn.LeakyReLU(0.2)``).
+            Default: None.
         input_dim: number of input features. Needed for the first layer of a model; a later
-            ``Dense`` added with ``Sequential.add`` takes it from the layer before.
+            ``Dense`` in a ``Sequential`` takes it from the layers before it.
         use_bias: learn an additive bias. Default: True.
         device, dtype: where and in which dtype to create the parameters (default: the current
             default device and dtype; ``Sequential.add`` uses the model's).
@@ -142,7 +131,7 @@ class Dense(Linear):
         if w is None:
             raise self._unbuilt()
         act = self._act_name
-        if act in _FUSED:
+        if act is not None and act != "softmax":  # fused into the bias add
             return F.linear(x, w, p["bias"], act, self._slope, self._label)
         y = F.linear(x, w, p["bias"], "linear", 0.01, self._label)
         if act == "softmax":
@@ -150,30 +139,28 @@ class Dense(Linear):
         return self._modules["activation_module"](y)
 
     def get_config(self):
-        """A JSON-able description (see ``Sequential.get_config``)."""
-        return {"class": "Dense", "units": self.units, "input_dim": self.in_features,
-                "activation": activation_config(self), "use_bias": self.use_bias}
+        """``{"class": "Dense", "units": int, "input_dim": int or None, "activation": name or
+        the activation module's config, "use_bias": bool}``."""
+        return {"class": class_name(self), "units": self.units, "input_dim": self.in_features,
+                "activation": self._activation_config(), "use_bias": self.use_bias}
+
+    def _activation_config(self):
+        """The activation as data: its name, or the config of a custom activation module."""
+        mod = self._modules.get("activation_module")
+        return self._act_name if mod is None else mod.get_config()
+
+    @classmethod
+    def from_config(cls, config, device=None, dtype=None):
+        """A fresh ``Dense`` (Keras's initialization; unbuilt when ``input_dim`` is None)."""
+        act = config.get("activation")
+        if act is not None and not isinstance(act, str):
+            act = layer_from_config(act)
+        in_dim = config_arg(config, "input_dim", (int, type(None)))
+        return cls(config_arg(config, "units", (int,), required=True), activation=act,
+                   input_dim=in_dim, use_bias=config_arg(config, "use_bias", (bool,), True),
+                   device=device, dtype=dtype)
 
     def extra_repr(self):
         s = f"in_features={self.in_features}, units={self.units}, activation={self.activation!r}"
         return s if self.use_bias else s + ", use_bias=False"
 
-
-def activation_config(dense):
-    """The activation of ``dense`` as data: a name, or a layer config for a custom module."""
-    mod = dense._modules.get("activation_module")
-    if mod is None:
-        return dense._act_name
-    if type(mod) is LeakyReLU:
-        return {"class": "LeakyReLU", "negative_slope": mod.negative_slope}
-    from ..training import layer_config
-
-    return layer_config(mod)
-
-
-def activation_from_config(cfg):
-    if cfg is None or isinstance(cfg, str):
-        return cfg
-    from ..training import layer_from_config
-
-    return layer_from_config(cfg)

@@ -1,0 +1,22 @@
+"""``nnx.keras``: Keras's model API above ``nnx.nn`` (nothing in ``nnx.nn`` imports it).
+
+* :class:`Sequential` (``model.py``): ``nnx.nn.container.Sequential`` plus ``add``, ``compile``,
+  ``fit``, ``evaluate``, ``predict``, ``summary``, ``save``, ``get_weights`` / ``set_weights``,
+  ``get_config`` / ``from_config``;
+* :class:`Dense` (``layers.py``): a ``Linear`` with its activation and Keras's initialization;
+* ``callbacks`` (``EarlyStopping``, ``ModelCheckpoint``, ``TerminateOnNaN``), :class:`History`;
+* :func:`load_model` / :func:`load_checkpoint` (``saving.py``);
+* the parts of training: ``compiling``, ``losses``, ``metrics``, ``heads`` (the fused logits
+  head), ``data`` (batch sources), ``fitting`` (the epoch loop).
+
+``nnx`` binds ``nnx.nn.Sequential``, ``nnx.nn.Dense``, ``nnx.load_model``, ``nnx.History`` and
+``nnx.callbacks`` to these, so ``from nnx.nn import Sequential, Dense`` gives the Keras ones.
+"""
+from . import callbacks
+from .history import History
+from .layers import ACTIVATIONS, Dense
+from .model import Sequential
+from .saving import load_checkpoint, load_model
+
+__all__ = ["Sequential", "Dense", "ACTIVATIONS", "History", "callbacks", "load_model",
+           "load_checkpoint"]

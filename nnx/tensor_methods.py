@@ -1,0 +1,59 @@
+"""The one place that binds the ops as ``Tensor`` methods and operators.
+
+``nnx.tensor`` defines the Tensor itself (data, device, gradient, host access); the ops that
+compute on it live in ``nnx.ops``, ``nnx.activations`` and ``nnx.functional`` and are bound here,
+as PyTorch's ``x.sum()``, ``x + y``, ``x.relu()``, ``x.softmax(dim=1)``, ``x.to("cuda")``. Importing
+``nnx`` runs this module once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations, functional, ops
+from .tensor import Tensor, _is_dtype_name
+
+
+def _to(self, device=None, dtype=None, non_blocking=False):
+    """This tensor on ``device`` and/or with ``dtype`` (self when nothing changes); the device
+    or the dtype may come first (``x.to("cuda")``, ``x.to("float64")``).
+
+    Differentiable: gradients flow back to the original device and dtype.
+    """
+    if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype_name(device)):
+        device, dtype = None, device
+    return ops.to_device(self, device, dtype)
+
+
+def _reflected(op):
+    def r(self, other):
+        return op(other, self)
+    r.__name__ = f"__r{op.__name__}__"
+    return r
+
+
+def bind(T=Tensor):
+    """Bind every op method and operator on ``T``."""
+    for name in ("add", "sub", "mul", "div", "pow", "matmul"):
+        op = getattr(ops, name)
+        setattr(T, name, op)
+        setattr(T, f"__{'truediv' if name == 'div' else name}__", op)
+        setattr(T, f"__r{'truediv' if name == 'div' else name}__", _reflected(op))
+    T.__neg__ = T.neg = ops.neg
+    T.__pos__ = lambda self: self
+    T.__getitem__ = ops.getitem
+    T.__eq__, T.__ne__, T.__lt__, T.__le__, T.__gt__, T.__ge__ = (
+        ops.eq, ops.ne, ops.lt, ops.le, ops.gt, ops.ge)
+    T.__hash__ = object.__hash__
+    for name in ("sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "reshape",
+                 "view", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "exp", "log",
+                 "abs", "sqrt", "clip", "any", "all", "clone"):
+        setattr(T, name, getattr(ops, name))
+    T.clamp = ops.clip
+    T.T = property(ops.T)
+    T.to = _to
+    for name in ("sigmoid", "relu", "leaky_relu", "tanh"):
+        setattr(T, name, getattr(activations, name))
+    T.softmax, T.log_softmax = functional.softmax, functional.log_softmax
+
+
+bind()
