@@ -24,9 +24,6 @@ _default_dtype = np.dtype(np.float32)
 _default_device: str | None = None  # resolved lazily from NNX_DEVICE (default "cpu")
 _auto_resolved: str | None = None
 detect_anomaly_enabled = False
-# Bumped whenever a Parameter's storage is replaced or a Module attribute is set: forward plans
-# cached against it (``nnx.linear_chain``) are rebuilt after any such change.
-layout_version = [0]
 
 
 # ---------------------------------------------------------------- dtypes

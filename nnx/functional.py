@@ -153,7 +153,7 @@ class LinearChain(Function):
     ``(activation, negative_slope, has_bias)`` with ``activation`` ``"linear"`` or an entry of
     ``backends.activations``. Each layer is a matmul, then one fused bias+activation pass
     (``backend.bias_act_``). ``functional.linear`` makes a one-layer chain; ``Sequential`` chains
-    each stretch of Linear layers (``nnx.linear_chain``): results are bit-identical either way,
+    each stretch of Linear layers (``nnx.nn.fusion``): results are bit-identical either way,
     but a chain is one ``apply``, one output tensor and one engine visit for all its layers,
     which is most of a small network's step.
 

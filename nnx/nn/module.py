@@ -40,7 +40,6 @@ class Parameter(Tensor):
 
     def _storage_changed(self):
         """The data is a new array: empty the caches that depend on this parameter."""
-        _config.layout_version[0] += 1
         notify(self._watchers)
 
     def __init__(self, data=None, requires_grad=True):
@@ -130,7 +129,7 @@ class Parameter(Tensor):
 
 class _Registry(OrderedDict):
     """A module's ``_parameters`` / ``_modules``: every change empties the caches watching the
-    module (``nnx.cache``: ``Sequential``'s fusion plan, ``nnx.linear_chain``'s layer specs), so
+    module (``nnx.cache``: ``Sequential``'s fusion plan, ``nnx.nn.fusion``'s layer specs), so
     they follow even direct edits of these dicts."""
 
     def __init__(self, owner=None):
