@@ -95,10 +95,14 @@ def on_register(listener: Callable[[Activation], None]) -> None:
 
 def get(name: str) -> Activation:
     """The entry called ``name``; ValueError naming the known ones otherwise."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise ValueError(f"unknown activation {name!r}; expected one of {names(True)}")
-    return entry
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; expected one of {names(True)}") from None
+
+
+#: name -> entry, for hot paths that look an entry up per call (read-only outside this module)
+TABLE = _REGISTRY
 
 
 def lookup(name) -> Activation | None:

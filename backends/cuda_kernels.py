@@ -52,6 +52,8 @@ CE_WARP_VPTS = (1, 2, 4, 8, 16, 32)
 
 DTYPE_SUFFIX = {"float16": "f16", "float32": "f32", "float64": "f64"}
 LABEL_SUFFIX = {"int32": "i32", "int64": "i64"}
+#: The built-in activations' names ("linear" first); the table is ``backends.activations``.
+ACTIVATION_NAMES = _acts.names(with_linear=True)
 
 # ------------------------------------------------------------------------------ type preambles
 _PREAMBLE_COMMON = r"""

@@ -15,6 +15,8 @@ from . import activations as acts
 from .base import Backend, check_reduction
 from .scalars import scalar as _s
 
+_TABLE = acts.TABLE
+
 # Elements per chunk for fused elementwise passes: 256K float32 = 1 MiB, about an L2.
 CHUNK = 1 << 18
 def _labels_in_range(labels, c):
@@ -108,18 +110,21 @@ class NumpyBackend(Backend):
     def activation_forward(self, name, x, negative_slope=0.01, out=None):
         if out is None:
             out = np.empty_like(x)
-        acts.get(name).numpy_forward(x, out, negative_slope, None)
+        entry = _TABLE.get(name) or acts.get(name)
+        entry.numpy_forward(x, out, negative_slope, None)
         return out
 
     def activation_backward(self, name, saved, gy, negative_slope=0.01, out=None, aux=None):
-        return acts.get(name).numpy_backward(saved, gy, out, negative_slope, aux)
+        entry = _TABLE.get(name) or acts.get(name)
+        return entry.numpy_backward(saved, gy, out, negative_slope, aux)
 
     def bias_act_(self, y, bias, activation, negative_slope=0.01):
         if bias is not None:
             np.add(y, bias, out=y)
         if activation == acts.LINEAR:
             return None
-        return acts.get(activation).numpy_forward(y, y, negative_slope, bias)
+        entry = _TABLE.get(activation) or acts.get(activation)
+        return entry.numpy_forward(y, y, negative_slope, bias)
 
     def sum_rows(self, g, out=None):
         if g.dtype not in (np.float32, np.float64) or g.size < 4096:

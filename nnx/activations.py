@@ -20,14 +20,14 @@ __all__ = ["Activation", "activation", "sigmoid", "relu", "leaky_relu", "tanh", 
 def float_input(x, name):
     """``x`` as a floating Tensor: integer and bool data take the default dtype (as in
     PyTorch's activations), anything else raises DTypeError naming the op."""
-    if not isinstance(x, Tensor):
+    if type(x) is not Tensor and not isinstance(x, Tensor):
         x = as_tensor(x)
     kind = x.data.dtype.kind
-    if kind != "f":
-        if kind in "iub":
-            return x.to(dtype=_config.get_default_dtype())
-        raise DTypeError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
-    return x
+    if kind == "f":
+        return x
+    if kind in "iub":
+        return x.to(dtype=_config.get_default_dtype())
+    raise DTypeError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
 
 
 class Activation(Function):
@@ -66,21 +66,24 @@ def activation(x, name, negative_slope=0.01):
     return Activation(entry, float(negative_slope)).apply(float_input(x, name))
 
 
+_SIGMOID, _RELU, _LEAKY_RELU, _TANH = (_table.get(n) for n in ("sigmoid", "relu", "leaky_relu", "tanh"))
+
+
 def sigmoid(x):
-    """1 / (1 + exp(-x)), stable in both tails (fused kernel)."""
-    return activation(x, "sigmoid")
+    """1 / (1 + exp(-x)), stable in both tails (fused kernel). Shape and dtype: x's."""
+    return Activation(_SIGMOID).apply(float_input(x, "sigmoid"))
 
 
 def relu(x):
-    """max(x, 0); the gradient at exactly 0 is 0."""
-    return activation(x, "relu")
+    """max(x, 0); the gradient at exactly 0 is 0. Shape and dtype: x's."""
+    return Activation(_RELU).apply(float_input(x, "relu"))
 
 
 def leaky_relu(x, negative_slope=0.01):
-    """x for x >= 0, ``negative_slope * x`` otherwise."""
-    return activation(x, "leaky_relu", negative_slope)
+    """x for x >= 0, ``negative_slope * x`` otherwise. Shape and dtype: x's."""
+    return Activation(_LEAKY_RELU, float(negative_slope)).apply(float_input(x, "leaky_relu"))
 
 
 def tanh(x):
     """The hyperbolic tangent; the gradient is 1 - tanh(x)^2 from the saved output."""
-    return activation(x, "tanh")
+    return Activation(_TANH).apply(float_input(x, "tanh"))

@@ -42,6 +42,9 @@ class Function:
     output_activation = None
     # The backend of the output when it differs from the inputs' (a device move); None: theirs.
     output_backend = None
+    # Nodes whose backward this node runs itself (a loss fused with the activation before it):
+    # a backward that frees the graph frees them too, after the pass.
+    absorbed = ()
 
     def apply(self, *inputs):
         b = inputs[0]._backend
@@ -174,6 +177,7 @@ def backward(root, grad=None, retain_graph=False):
     anomaly = _config.detect_anomaly_enabled
     grads = {top: seed}
     heap = [(-top.seq, top)]
+    absorbed = []
     top.unit_grad = unit
     pop, push = heapq.heappop, heapq.heappush
     while heap:
@@ -207,4 +211,8 @@ def backward(root, grad=None, retain_graph=False):
                 grads[c] = gx
                 push(heap, (-c.seq, c))
         if not retain_graph:
+            if fn.absorbed:
+                absorbed += fn.absorbed
             fn.release()
+    for node in absorbed:  # nodes a fused node ran the backward of: freed with the graph
+        node.release()

@@ -31,7 +31,10 @@ class Cache:
             watchers = getattr(obj, "_watchers", None)
             if watchers is None:
                 watchers = weakref.WeakSet()
-                object.__setattr__(obj, "_watchers", watchers)  # no Module.__setattr__ side effects
+                try:  # object.__setattr__: no Module.__setattr__ side effects
+                    object.__setattr__(obj, "_watchers", watchers)
+                except (AttributeError, TypeError):  # an object that cannot be watched (a
+                    return value                     # plain Tensor as a parameter): no caching
             watchers.add(self)
         self.value = value
         return value

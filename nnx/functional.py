@@ -14,7 +14,7 @@ from backends.scalars import scalar as _c
 
 from .activations import activation, float_input as _float_input, leaky_relu, relu, sigmoid, tanh
 from .autograd import Function
-from .errors import DTypeError, LabelError, ShapeError, ValueRangeError
+from .errors import DTypeError, GraphError, LabelError, ShapeError, ValueRangeError
 from .ops import mean, sum as _sum
 from .tensor import Tensor, _wrap, as_tensor
 
@@ -150,8 +150,8 @@ class LinearChain(Function):
     """``act_k(... act_1(x W_1^T + b_1) ...)``: one or more dense layers as one graph node.
 
     Inputs ``(x, W_1[, b_1], W_2[, b_2], ...)``; ``layers`` gives, per layer,
-    ``(activation, negative_slope, has_bias)`` with ``activation`` ``"linear"`` or an entry of
-    ``backends.activations``. Each layer is a matmul, then one fused bias+activation pass
+    ``chain_layer(activation, negative_slope, has_bias)`` with ``activation`` ``"linear"`` or an
+    entry of ``backends.activations``. Each layer is a matmul, then one fused bias+activation pass
     (``backend.bias_act_``). ``functional.linear`` makes a one-layer chain; ``Sequential`` chains
     each stretch of Linear layers (``nnx.nn.fusion``): results are bit-identical either way,
     but a chain is one ``apply``, one output tensor and one engine visit for all its layers,
@@ -167,8 +167,6 @@ class LinearChain(Function):
 
     def __init__(self, layers):
         self.layers = layers
-        self.entries = tuple(None if act == _table.LINEAR else _table.get(act)
-                             for act, _, _ in layers)
         self.output_activation = layers[-1][0]
 
     @property
@@ -181,46 +179,44 @@ class LinearChain(Function):
         be = self.backend
         dot, bias_act_ = self.xp.dot, be.bias_act_
         hs, saved, auxes, i = [h], [], [], 0
-        for (act, slope, has_bias), entry in zip(self.layers, self.entries):
+        for act, slope, has_bias, keep_input in self.layers:
             w = params[i]
             b = params[i + 1] if has_bias else None
             i += 1 + has_bias
             y = dot(h, w.T)  # np.dot: half matmul's dispatch cost on small operands
-            if entry is None or entry.output_stands_for_input(slope):
-                auxes.append(bias_act_(y, b, act, slope))
-                saved.append(y)
-            else:  # the backward reads the pre-activation: keep a copy of it
+            if keep_input:  # the backward reads the pre-activation: keep a copy of it
                 bias_act_(y, b, _table.LINEAR)
                 saved.append(y.copy())
                 auxes.append(None)
                 be.activation_forward(act, y, slope, out=y)
+            else:
+                auxes.append(bias_act_(y, b, act, slope))
+                saved.append(y)
             hs.append(y)
             h = y
         if self.needs_input_grad is not None:
             self.hs, self.saved, self.auxes, self.params, self.lead = hs, saved, auxes, params, lead
         return h if x.ndim == 2 else h.reshape(lead + (h.shape[-1],))
 
-    def backward(self, gy):
-        g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
-        return self._backward(g, through_last_activation=True)
-
     def backward_from_preactivation(self, g):
         """The input gradients when ``g`` (shaped like the output) is already the gradient
         w.r.t. the last layer's pre-activation (a sigmoid fused into the loss after it)."""
-        return self._backward(g.reshape(-1, g.shape[-1]), through_last_activation=False)
+        return self.backward(g, through_last_activation=False)
 
-    def _backward(self, g, through_last_activation):
-        need, inputs = self.needs_input_grad, self.inputs
+    def backward(self, gy, through_last_activation=True):
+        need = self.needs_input_grad
         be, xp = self.backend, self.xp
         lowest = need.index(True)  # the first input wanting a gradient: propagate down to it
         grads = [None] * len(need)
         hs, saved, auxes, params, layers = self.hs, self.saved, self.auxes, self.params, self.layers
+        g = gy if gy.ndim == 2 else gy.reshape(-1, gy.shape[-1])
         own = None  # g once it is this node's own array (not the incoming gy): reused as output
         iw = len(need)
-        for k in range(len(layers) - 1, -1, -1):
-            act, slope, has_bias = layers[k]
+        top = len(layers) - 1
+        for k in range(top, -1, -1):
+            act, slope, has_bias, _ = layers[k]
             iw -= 1 + has_bias  # input index of W_k (params[iw - 1])
-            if self.entries[k] is not None and (through_last_activation or k < len(layers) - 1):
+            if act != "linear" and (through_last_activation or k != top):
                 # the gradient w.r.t. the pre-activation
                 g = be.activation_backward(act, saved[k], g, slope, out=own, aux=auxes[k])
             if need[iw]:
@@ -240,6 +236,24 @@ class LinearChain(Function):
             g = own = xp.dot(g, params[iw - 1])  # gradient w.r.t. this layer's input
         grads[0] = g if len(self.lead) == 1 else g.reshape(self.lead + (g.shape[-1],))
         return grads
+
+
+_LAYER_SPECS: dict = {}
+
+
+def chain_layer(activation, negative_slope, has_bias):
+    """One layer of a ``LinearChain``: ``(activation, negative_slope, has_bias, keep_input)``,
+    ``keep_input`` true when the activation's backward needs the pre-activation itself (the
+    output cannot stand for it). Cached: a forward pass asks for it per layer."""
+    key = (activation, negative_slope, has_bias)
+    spec = _LAYER_SPECS.get(key)
+    if spec is None:
+        entry = None if activation == _table.LINEAR else _table.get(activation)
+        keep = entry is not None and not entry.output_stands_for_input(negative_slope)
+        if len(_LAYER_SPECS) > 256:
+            _LAYER_SPECS.clear()
+        spec = _LAYER_SPECS[key] = key + (keep,)
+    return spec
 
 
 def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer=None):
@@ -262,7 +276,7 @@ def linear(x, weight, bias=None, activation="linear", negative_slope=0.01, layer
             or xd.shape[-1] != wd.shape[1]:
         x = _linear_input(x, weight, layer)
         xd = x.data
-    fn = LinearChain(((activation, negative_slope, bias is not None),))
+    fn = LinearChain((chain_layer(activation, negative_slope, bias is not None),))
     if xd.ndim == 1:
         return fn.apply(x.reshape(1, -1), weight, *(() if bias is None else (bias,))).reshape(-1)
     if bias is None:
@@ -468,6 +482,7 @@ class SigmoidBCELoss(BCELoss):
     def __init__(self, producer, p, reduction):
         super().__init__(reduction)
         self.producer, self.probs = producer, p
+        self.absorbed = (producer,)
 
     @property
     def name(self) -> str:
@@ -481,9 +496,14 @@ class SigmoidBCELoss(BCELoss):
         gt = self._grad_t(gy) if need[-1] else None
         if True not in need[:-1]:
             return (None,) * (len(need) - 1) + (gt,)
+        producer = self.producer
+        if producer.released:
+            raise GraphError(f"backward(): trying to backward through the graph a second time "
+                             f"({producer.name}'s saved values were freed by an earlier "
+                             f"backward); use backward(retain_graph=True) the first time")
         g, pq = self._grad_p(gy)
         pq *= g  # dL/dz
-        return (*self.producer.backward_from_preactivation(pq), gt)
+        return (*producer.backward_from_preactivation(pq), gt)
 
 
 def binary_cross_entropy(input, target, reduction="mean"):

@@ -69,12 +69,20 @@ def _axis(axis, dim):
     return axis
 
 
-def _norm_axes(axis, ndim):
+def _norm_axes(axis, ndim, name="reduction"):
+    """``axis`` (an int, a sequence of ints, or None) as non-negative ints; IndexError (as in
+    PyTorch) for an axis outside [-ndim, ndim) (a 0-d tensor takes 0 and -1)."""
     if axis is None:
         return None
-    if isinstance(axis, (list, tuple)):
-        return tuple(a % ndim if ndim else a for a in axis)
-    return axis % ndim if ndim else axis
+    axes = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+    n = builtins.max(ndim, 1)
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -n <= a < n:
+            raise IndexError(f"{name}: axis {a!r} is out of range for a tensor of {ndim} "
+                             f"dimension{'s' if ndim != 1 else ''} (expected an int in "
+                             f"[{-n}, {n - 1}])")
+    out = tuple(int(a) % ndim if ndim else int(a) for a in axes)
+    return out if isinstance(axis, (list, tuple)) else out[0]
 
 
 # ---------------------------------------------------------------------- arithmetic
@@ -267,24 +275,71 @@ def _div_tensors(a, b):
     return Div().apply(a, b)
 
 
-add = _binary("add", lambda x, c: AddConst(c).apply(_weak(x, c)),
-              lambda c, x: AddConst(c).apply(_weak(x, c)), lambda a, b: Add().apply(a, b))
+def _add_const(x, c):
+    return AddConst(c).apply(_weak(x, c))
+
+
+def _sub_const(x, c):
+    return AddConst(-c).apply(_weak(x, c))
+
+
+def _rsub_const(c, x):
+    return RSubConst(c).apply(_weak(x, c))
+
+
+def _mul_const(x, c):
+    return MulConst(c).apply(_weak(x, c))
+
+
+def _pow_const(x, c):
+    return PowConst(c).apply(_weak(x, c))
+
+
+def _rdiv_const(c, x):
+    return RDivConst(c).apply(_promote_int(x))
+
+
+def _rpow_const(c, x):
+    return RPowConst(c).apply(_promote_int(x))
+
+
+def _add_tensors(a, b):
+    return Add().apply(a, b)
+
+
+def _sub_tensors(a, b):
+    return Sub().apply(a, b)
+
+
+def _mul_tensors(a, b):
+    return Mul().apply(a, b)
+
+
+def _pow_tensors(a, b):
+    return Pow().apply(a, b)
+
+
+def _swap(f):
+    """``f(x, c)`` as ``g(c, x)``: for the commutative ops."""
+    def g(c, x):
+        return f(x, c)
+    return g
+
+
+add = _binary("add", _add_const, _swap(_add_const), _add_tensors)
 add.__doc__ = """a + b, elementwise with broadcasting (Tensors, arrays or numbers).
 
     Shape: the broadcast shape of a and b. Floating tensors of two dtypes raise DTypeError (no
     silent promotion); an integer operand takes the floating one's dtype.
     """
-sub = _binary("sub", lambda x, c: AddConst(-c).apply(_weak(x, c)),
-              lambda c, x: RSubConst(c).apply(_weak(x, c)), lambda a, b: Sub().apply(a, b))
+sub = _binary("sub", _sub_const, _rsub_const, _sub_tensors)
 sub.__doc__ = """a - b, elementwise with broadcasting (see ``add``)."""
-mul = _binary("mul", lambda x, c: MulConst(c).apply(_weak(x, c)),
-              lambda c, x: MulConst(c).apply(_weak(x, c)), lambda a, b: Mul().apply(a, b))
+mul = _binary("mul", _mul_const, _swap(_mul_const), _mul_tensors)
 mul.__doc__ = """a * b, elementwise with broadcasting (see ``add``)."""
-div = _binary("div", _div_const, lambda c, x: RDivConst(c).apply(_promote_int(x)), _div_tensors)
+div = _binary("div", _div_const, _rdiv_const, _div_tensors)
 div.__doc__ = """a / b, elementwise with broadcasting; integer operands give the default
     floating dtype (true division, as in PyTorch). See ``add``."""
-pow = _binary("pow", lambda x, c: PowConst(c).apply(_weak(x, c)),
-              lambda c, x: RPowConst(c).apply(_promote_int(x)), lambda a, b: Pow().apply(a, b))
+pow = _binary("pow", _pow_const, _rpow_const, _pow_tensors)
 pow.__doc__ = """a ** b, elementwise with broadcasting (see ``add``)."""
 
 
@@ -418,7 +473,7 @@ def _reduction_args(x, axis, dim, keepdims, keepdim, name):
         if axis is not None:
             raise TypeError(f"{name}: give either axis= or dim=, not both")
         axis = dim
-    return _norm_axes(axis, x.ndim), bool(keepdims or keepdim)
+    return _norm_axes(axis, x.ndim, name), bool(keepdims or keepdim)
 
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):

@@ -106,6 +106,12 @@ class _FlatGroup:
         """Called by a bound parameter that leaves this buffer (new storage, another buffer)."""
         self.left = True
 
+    def __setstate__(self, state):
+        # A copy (copy.deepcopy, pickle) holds copied parameters that are bound to no buffer:
+        # re-flatten them on the next step, keeping the copied state.
+        self.__dict__.update(state)
+        self.left = True
+
     def valid(self):
         """Whether every parameter still lives here (bound ones) or still fits (copied ones)."""
         if self.left:
@@ -315,7 +321,10 @@ class Optimizer:
             copied = fg.copied
             for i in copied:
                 fg.copy_in(i)
-            self._apply(fg, fg.data, fg.grad, state, group, step)
+            if fg.kernel is not None:
+                fg.kernel(fg.data, fg.grad, *self.kernel_args(state, group, step))
+            else:
+                self.update(fg.backend.xp, fg.data, fg.grad, state, group, step)
             for i in copied:
                 fg.copy_out(i)
             fg.step = step

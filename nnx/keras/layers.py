@@ -12,8 +12,10 @@ from .. import _config
 from .. import functional as F
 from ..nn import init
 from ..nn.config import class_name, config_arg, layer_from_config
-from ..nn.activation import names as activation_names, resolve as resolve_activation
-from ..nn.layers import Linear
+from backends import activations as _table
+
+from ..nn.activation import fusable, names as activation_names
+from ..nn.layers import Linear, Softmax
 from ..nn.module import Module, Parameter
 
 __all__ = ["Dense", "ACTIVATIONS"]
@@ -25,12 +27,34 @@ __all__ = ["Dense", "ACTIVATIONS"]
 ACTIVATIONS = activation_names()
 
 
-def _normalize_activation(activation):
-    """``(name, module)`` (see ``nnx.nn.activation.resolve``), errors naming Dense."""
-    try:
-        return resolve_activation(activation)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"Dense: {e}") from None
+def _normalize_activation(spec):
+    """What ``Dense(activation=spec)`` asks for, as ``(name, module)``.
+
+    ``name`` is ``"linear"`` (None given), an entry of ``backends.activations`` (fused with the
+    bias add), ``"softmax"`` (over the last axis), or None for a module applied as is;
+    ``module`` is the module to keep (None when the name says it all; a leaky ReLU is kept for
+    its slope). Strings are entry names or their Keras names, case-insensitive.
+    """
+    if spec is None:
+        return _table.LINEAR, None
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in (_table.LINEAR, "softmax"):
+            return key, None
+        for entry in _table.entries():
+            if key in (entry.name, entry.keras):
+                return entry.name, None
+        raise ValueError(f"Dense: unknown activation {spec!r}; expected one of "
+                         f"{', '.join(activation_names())}, None, or an nnx.nn module such as "
+                         f"nn.LeakyReLU(0.2)")
+    if fusable(spec):
+        return spec.fused_activation, (spec if spec.entry.has_slope else None)
+    if type(spec) is Softmax and spec.axis in (-1, 1):
+        return "softmax", None
+    if isinstance(spec, Module):
+        return None, spec
+    raise TypeError(f"Dense: activation must be a name, None or an nnx.nn Module, got "
+                    f"{type(spec).__name__}")
 
 
 class Dense(Linear):

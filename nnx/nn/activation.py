@@ -10,10 +10,10 @@ from __future__ import annotations
 from backends import activations as _table
 
 from .. import activations as A
-from .layers import Softmax
 from .module import Module
 
-__all__ = ["ActivationModule", "module_class", "Sigmoid", "ReLU", "Tanh", "LeakyReLU", "resolve"]
+__all__ = ["ActivationModule", "module_class", "Sigmoid", "ReLU", "Tanh", "LeakyReLU", "fusable",
+           "names"]
 
 
 class _ActivationModule(Module):
@@ -80,36 +80,13 @@ Tanh = module_class("tanh")
 LeakyReLU = module_class("leaky_relu")
 
 
-def resolve(spec):
-    """What a layer's ``activation=`` argument asks for, as ``(name, module)``.
-
-    ``name`` is ``"linear"`` (None given), an entry name (fused with the layer's bias add),
-    ``"softmax"`` (over the last axis), or None for a module applied as is; ``module`` is the
-    module to keep (None when the name says it all; a leaky ReLU is kept for its slope).
-    Strings are entry names or their Keras names, case-insensitive.
-    """
-    if spec is None:
-        return _table.LINEAR, None
-    if isinstance(spec, str):
-        key = spec.strip().lower()
-        if key in (_table.LINEAR, "softmax"):
-            return key, None
-        for entry in _table.entries():
-            if key in (entry.name, entry.keras):
-                return entry.name, None
-        raise ValueError(f"unknown activation {spec!r}; expected one of {', '.join(names())}, "
-                         f"None, or an nnx.nn module such as nn.LeakyReLU(0.2)")
-    if isinstance(spec, ActivationModule) and "forward" not in spec.__dict__:
-        fused = spec.fused_activation
-        if fused is not None:
-            return fused, (spec if spec.entry.has_slope else None)
-        return None, spec
-    if type(spec) is Softmax and spec.axis in (-1, 1):
-        return "softmax", None
-    if isinstance(spec, Module):
-        return None, spec
-    raise TypeError(f"activation must be a name, None or an nnx.nn Module, got "
-                    f"{type(spec).__name__}")
+def fusable(m) -> bool:
+    """Whether ``m`` is an activation module a Linear before it may run fused: one of the
+    classes made here, not a subclass with its own ``forward`` nor an instance whose
+    ``forward`` was replaced, and (leaky ReLU) with a positive slope."""
+    return isinstance(m, ActivationModule) and "forward" not in m.__dict__ \
+        and type(m).forward in (ActivationModule.forward, _SlopeActivation.forward) \
+        and m.fused_activation is not None
 
 
 def names() -> tuple[str, ...]:

@@ -91,5 +91,4 @@ class Sequential(Module):
         (activation None otherwise); cached until this container or a child changes."""
         return fusion.plan(self)[0]
 
-    def forward(self, x):
-        return fusion.forward(self, x)
+    forward = fusion.forward  # each fusable stretch as one graph node (nnx.nn.fusion)

@@ -16,9 +16,9 @@ from backends import activations as _table
 
 from .. import _config
 from ..cache import Cache
-from ..functional import LinearChain
+from ..functional import LinearChain, chain_layer
 from ..tensor import Tensor
-from .activation import ActivationModule
+from .activation import fusable as _fusable_activation
 from .layers import Linear
 
 __all__ = ["Run", "fused_args", "plan", "forward", "linear_chain"]
@@ -47,11 +47,6 @@ def _plain_linear(m):
     """An ``nn.Linear`` itself (not a subclass) whose ``forward`` nobody replaced on the
     instance: the layers Sequential may run fused."""
     return type(m) is Linear and "forward" not in m.__dict__
-
-
-def _fusable_activation(m):
-    return isinstance(m, ActivationModule) and "forward" not in m.__dict__ \
-        and m.fused_activation is not None
 
 
 def plan(seq):
@@ -86,13 +81,15 @@ def plan(seq):
                 runs.append(Run([(m, act)]))
         else:
             runs.append(m)
-    return cache.store((entries, runs), [seq] + [m for m in mods if m is not None])
+    return cache.store((entries, runs), [seq, seq._modules] + [m for m in mods if m is not None])
 
 
 def forward(seq, x):
     """``seq``'s forward: each Run as one LinearChain node where it chains, else layer by layer
     (whose errors then name the layer)."""
-    for run in plan(seq)[1]:
+    cache = seq.__dict__.get("_fusion_plan")
+    value = cache.value if cache is not None else None
+    for run in (value or plan(seq))[1]:
         if type(run) is not Run:
             x = run(x)
             continue
@@ -136,7 +133,7 @@ def _chain_spec(run, dt, width):
             return None
         width = wd.shape[0]
         params.append(w)
-        watched += [m, w]
+        watched += [m, p, w]
         if b is not None:
             if b.data.dtype != dt:
                 return None
@@ -144,5 +141,5 @@ def _chain_spec(run, dt, width):
             watched.append(b)
         if act is not None:
             watched.append(act)
-        spec.append(fused_args(act) + (b is not None,))
+        spec.append(chain_layer(*fused_args(act), b is not None))
     return run.spec.store((dt, in_width, tuple(params), tuple(spec)), watched)

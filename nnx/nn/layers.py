@@ -12,6 +12,7 @@ import math
 from .. import _config
 from .. import functional as F
 from . import init
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: F401  (importable from here too)
 from .config import class_name, config_arg
 from .module import Module, Parameter
 

@@ -128,18 +128,16 @@ class Parameter(Tensor):
 
 
 class _Registry(OrderedDict):
-    """A module's ``_parameters`` / ``_modules``: every change empties the caches watching the
-    module (``nnx.cache``: ``Sequential``'s fusion plan, ``nnx.nn.fusion``'s layer specs), so
-    they follow even direct edits of these dicts."""
-
-    def __init__(self, owner=None):
-        super().__init__()
-        self.owner = owner
+    """A module's ``_parameters`` / ``_modules``: every change empties the caches watching this
+    registry (``nnx.cache``: ``Sequential``'s fusion plan, ``nnx.nn.fusion``'s layer specs), so
+    they follow even direct edits of these dicts (and copies sharing them)."""
 
     def _changed(self):
-        owner = self.__dict__.get("owner")
-        if owner is not None:
-            notify(owner.__dict__.get("_watchers"))
+        notify(self.__dict__.get("_watchers"))
+
+    def __reduce__(self):  # copies and pickles leave the watchers behind
+        cls, args, _state, items, pairs = super().__reduce__()
+        return cls, args, None, items, pairs
 
     def __setitem__(self, key, value):
         self._changed()
@@ -169,6 +167,14 @@ class _Registry(OrderedDict):
         self._changed()
         super().update(*args, **kwargs)
 
+    def move_to_end(self, key, last=True):
+        self._changed()
+        super().move_to_end(key, last)
+
+    def __ior__(self, other):
+        self._changed()
+        return super().__ior__(other)
+
 
 class Module(DeviceDtypeShorthands):
     """Base class of layers and models.
@@ -180,8 +186,8 @@ class Module(DeviceDtypeShorthands):
     _watchers = None  # the caches computed from this module (``nnx.cache``), a weak set
 
     def __init__(self):
-        object.__setattr__(self, "_parameters", _Registry(self))
-        object.__setattr__(self, "_modules", _Registry(self))
+        object.__setattr__(self, "_parameters", _Registry())
+        object.__setattr__(self, "_modules", _Registry())
         object.__setattr__(self, "training", True)
 
     def _changed(self):
