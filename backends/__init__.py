@@ -42,7 +42,8 @@ def parse_device(spec) -> str:
     """Normalize a device spec to ``"cpu"``, ``"cuda:N"`` or ``"auto"``.
 
     Accepts ``"cpu"``, ``"cuda"`` (device 0), ``"cuda:N"``, ``"gpu"``, ``"auto"``, an int N
-    (``cuda:N``) or an object with a ``device`` string attribute.
+    (``cuda:N``), an object with a ``device`` string attribute, or a device object with a
+    ``type`` string whose ``str()`` is a spec (``torch.device``, ``nnx.device``).
     """
     if isinstance(spec, int) and not isinstance(spec, bool):
         return f"cuda:{spec}"
@@ -50,6 +51,8 @@ def parse_device(spec) -> str:
         inner = getattr(spec, "device", None)
         if isinstance(inner, str):
             return parse_device(inner)
+        if isinstance(getattr(spec, "type", None), str):  # torch.device("cuda", 0) and the like
+            return parse_device(str(spec))
         raise TypeError(f"device must be a string like 'cpu', 'cuda', 'cuda:0' or 'auto', got {spec!r}")
     s = spec.strip().lower()
     if s in ("cpu", "auto") or s in _backends:

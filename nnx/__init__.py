@@ -12,14 +12,16 @@ Quick tour::
 """
 from . import _config
 from ._config import (cuda_available, detect_anomaly, device, enable_grad, get_default_dtype,
-                      get_device, is_anomaly_enabled, is_grad_enabled, manual_seed, no_grad,
-                      set_default_dtype, set_detect_anomaly, set_device)
+                      get_device, inference_mode, is_anomaly_enabled, is_grad_enabled, manual_seed,
+                      no_grad, set_default_dtype, set_detect_anomaly, set_device)
 from .errors import (AnomalyError, CheckpointError, DeviceError, DTypeError, GraphError, LabelError,
                      NNXError, OutOfMemoryError, ShapeError, ValueRangeError)
-from .tensor import Tensor, as_tensor, is_tensor, tensor
-from .ops import (abs, add, amax, arange, argmax, argmin, clamp, clip, clone, div, exp, flatten, full,
-                  log, matmul, max, mean, min, mul, neg, ones, ones_like, permute, pow, rand, randn,
-                  reshape, sqrt, squeeze, sub, sum, tanh, transpose, unsqueeze, zeros, zeros_like)
+from .tensor import Tensor, as_tensor, from_dlpack, from_numpy, is_tensor, tensor
+from .ops import (abs, add, amax, amin, arange, argmax, argmin, clamp, clip, clone, div, empty_like, exp,
+                  eye, flatten, full, full_like, linspace, log, matmul, max, maximum, mean, min,
+                  minimum, mul, neg, norm, ones, ones_like, permute, pow, rand, rand_like, randn,
+                  randn_like, reshape, sqrt, squeeze, std, sub, sum, tanh, topk, transpose, unsqueeze,
+                  var, zeros, zeros_like)
 from . import functional
 from .functional import relu, sigmoid, softmax, log_softmax, leaky_relu
 
@@ -66,4 +68,6 @@ __all__ = [
     "log_softmax", "leaky_relu",
 ]
 
-__all__ += ["callbacks", "keras", "History", "load_model"]
+__all__ += ["callbacks", "keras", "History", "load_model", "inference_mode", "from_dlpack",
+            "from_numpy", "amin", "empty_like", "eye", "full_like", "linspace", "maximum", "minimum",
+            "norm", "rand_like", "randn_like", "std", "topk", "var"]

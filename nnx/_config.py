@@ -97,15 +97,36 @@ def get_device() -> str:
     return _default_device
 
 
-@contextlib.contextmanager
-def device(spec):
-    """Context manager: make ``spec`` the default device inside the block."""
-    dev = resolve_device(spec)
-    _state.device_stack.append(dev)
-    try:
-        yield dev
-    finally:
+class device(str):
+    """A device, as ``torch.device``: ``nnx.device("cuda:0")`` is the string ``"cuda:0"`` (so
+    ``x.to(d)``, ``model.to(d)`` and comparisons with strings work) with ``.type`` ("cpu" or
+    "cuda") and ``.index`` (None on the CPU); "auto" resolves when it is made.
+
+    Also a context manager: ``with nnx.device(spec) as d:`` makes it the default device inside
+    the block (``d`` is the device).
+    """
+
+    def __new__(cls, spec):
+        return str.__new__(cls, resolve_device(str(spec) if isinstance(spec, device) else spec))
+
+    @property
+    def type(self) -> str:
+        return self.split(":")[0]
+
+    @property
+    def index(self):
+        return int(self.split(":")[1]) if ":" in self else None
+
+    def __repr__(self):
+        return f"device(type={self.type!r}" + ("" if self.index is None else f", index={self.index}") + ")"
+
+    def __enter__(self):
+        _state.device_stack.append(str(self))
+        return self
+
+    def __exit__(self, *exc):
         _state.device_stack.pop()
+        return False
 
 
 def backend_for(device=None):
@@ -194,6 +215,30 @@ class no_grad(_GradMode):
     """Disable graph recording inside the block (also a decorator)."""
 
     enabled = False
+
+
+class inference_mode(_GradMode):
+    """``torch.inference_mode``: no graph recording inside the block (``no_grad`` here);
+    ``inference_mode(False)`` leaves grad mode as it is. A decorator too, with or without ()."""
+
+    def __new__(cls, mode=True):
+        self = super().__new__(cls)
+        if callable(mode):  # @nnx.inference_mode without parentheses: the decorated function
+            self.__init__(True)
+            return self(mode)
+        return self
+
+    def __init__(self, mode=True):
+        self.mode = True if callable(mode) else bool(mode)
+
+    def __enter__(self):
+        self._prev = _state.grad_enabled
+        if self.mode:
+            _state.grad_enabled = False
+        return self
+
+    def _recreate_cm(self):
+        return type(self)(self.mode)
 
 
 class enable_grad(_GradMode):

@@ -8,6 +8,7 @@ cannot hit the recursion limit) and accumulates into leaves in place.
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 
 import numpy as np
@@ -45,6 +46,15 @@ class Function:
     # Nodes whose backward this node runs itself (a loss fused with the activation before it):
     # a backward that frees the graph frees them too, after the pass.
     absorbed = ()
+
+    def __init_subclass__(cls, **kwargs):
+        # A PyTorch-style Function (``@staticmethod forward(ctx, ...)``/``backward(ctx, g)``,
+        # called as ``F.apply(...)``) gets the classmethod ``apply`` of ``_torch_style_apply``;
+        # decided once here, so today's instance ``apply`` stays as it is.
+        super().__init_subclass__(**kwargs)
+        if isinstance(inspect.getattr_static(cls, "forward"), staticmethod) \
+                and "apply" not in cls.__dict__:
+            cls.apply = classmethod(_torch_style_apply)
 
     def apply(self, *inputs):
         b = inputs[0]._backend
@@ -142,6 +152,98 @@ def _check_finite(fn, phase, arr, backend):
 
 
 _new_tensor = None  # set by nnx.tensor (avoids an import cycle)
+_tensor_type = None  # nnx.Tensor, set by nnx.tensor
+
+
+# ---------------------------------------------------------------------- PyTorch-style Functions
+class FunctionCtx(Function):
+    """The ``ctx`` of a PyTorch-style Function and its node in the graph.
+
+    ``forward(ctx, *args)`` and ``backward(ctx, *grads)`` of the user's class run on Tensors
+    with grad mode off; ``ctx.save_for_backward(*tensors)``/``ctx.saved_tensors``,
+    ``ctx.needs_input_grad`` (one bool per argument, False for non-tensors) and
+    ``ctx.mark_non_differentiable(*outputs)`` work as in PyTorch. One output tensor per call.
+    """
+
+    def __init__(self, fn_class, args):
+        self.fn_class = fn_class
+        self.needs_input_grad = tuple(isinstance(a, _tensor_type) and a.requires_grad for a in args)
+        self.arg_is_tensor = [isinstance(a, _tensor_type) for a in args]
+        self.saved_tensors = ()
+        self.non_differentiable = ()
+        self.materialize_grads = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.fn_class.__name__}Backward"
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *outputs):
+        self.non_differentiable = tuple(id(o) for o in outputs)
+
+    def set_materialize_grads(self, value: bool):
+        self.materialize_grads = bool(value)
+
+    def mark_dirty(self, *tensors):  # in-place outputs: nothing to track without views
+        pass
+
+    def backward(self, gy):
+        g = _new_tensor(gy, self.out_backend)
+        prev = _state.grad_enabled
+        _state.grad_enabled = False
+        try:
+            grads = self.fn_class.backward(self, g)
+        finally:
+            _state.grad_enabled = prev
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        n_args = len(self.arg_is_tensor)
+        if len(grads) < n_args:
+            raise GraphError(f"{self.name}: backward returned {len(grads)} gradient(s) for "
+                             f"{n_args} forward argument(s); return one per argument (None for "
+                             f"non-tensor arguments)")
+        out = []
+        for is_t, gx in zip(self.arg_is_tensor, grads):
+            if not is_t:
+                continue
+            if gx is not None:
+                t = self.inputs[len(out)]
+                gx = gx.data if isinstance(gx, _tensor_type) else t._backend.xp.asarray(gx)
+                if tuple(gx.shape) != tuple(t.shape):
+                    raise GraphError(f"{self.name}: backward returned a gradient of shape "
+                                     f"{tuple(gx.shape)} for input {len(out)} of shape {t.shape}")
+                if gx.dtype != t.dtype:
+                    gx = gx.astype(t.dtype)
+            out.append(gx)
+        return out
+
+
+def _torch_style_apply(cls, *args, **kwargs):
+    """``F.apply(*args)`` of a PyTorch-style Function ``F`` (see ``FunctionCtx``)."""
+    ctx = FunctionCtx(cls, args)
+    prev = _state.grad_enabled
+    _state.grad_enabled = False
+    try:
+        out = cls.forward(ctx, *args, **kwargs)
+    finally:
+        _state.grad_enabled = prev
+    if not isinstance(out, _tensor_type):
+        raise GraphError(f"{cls.__name__}.forward must return one nnx Tensor (got "
+                         f"{type(out).__name__}); nnx's Functions have one output")
+    inputs = tuple(a for a in args if isinstance(a, _tensor_type))
+    result = _new_tensor(out.data, out._backend)
+    if prev and True in ctx.needs_input_grad and id(out) not in ctx.non_differentiable \
+            and out.data.dtype.kind == "f":
+        ctx.inputs = inputs
+        ctx.out_backend = out._backend
+        ctx.seq = next(_creation_order)
+        result.requires_grad = True
+        result.creator = ctx
+    else:
+        ctx.release()
+    return result
 
 
 def backward(root, grad=None, retain_graph=False):

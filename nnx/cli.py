@@ -1,7 +1,8 @@
 """The ``nnx`` command line: ``nnx info``, ``nnx train``, ``nnx predict``, ``nnx bench``.
 
 Also runs as ``python -m nnx``. ``main(argv)`` returns the exit status: 0 on success, 1 when
-a file or the data is bad (one line on stderr, no traceback), 2 for wrong arguments (argparse).
+a file or the data is bad (one line on stderr, no traceback), 2 for wrong arguments (argparse),
+141 (quietly) when the reader of stdout goes away (``nnx predict ... | head``).
 """
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def build_parser():
     pr.add_argument("--batch-size", type=_positive_int, default=256)
 
     sub.add_parser("bench", help="run the benchmark suite (arguments go to it; "
-                                 "'nnx bench --help' lists them)", add_help=False)
+                                 "'nnx bench --help' lists them); writes its JSON and PNG "
+                                 "into the current folder, or --out DIR", add_help=False)
     return p
 
 
@@ -275,6 +277,11 @@ def cmd_train(args):
     lr = args.lr or DEFAULT_LR.get((args.dataset, opt_name), DEFAULT_LR[opt_name])
 
     if args.save:  # fail before training, not after it
+        from nnx.keras.paths import check_save_path
+        try:
+            check_save_path(args.save, "--save")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         folder = os.path.dirname(os.path.abspath(args.save))
         if not os.path.isdir(folder):
             raise CLIError(f"cannot write {args.save}: folder {folder!r} does not exist")
@@ -404,10 +411,14 @@ def cmd_predict(args):
         what = "probabilities" if args.proba else "labels"
         print(f"wrote {len(result)} predicted {what} to {args.out}")
         return 0
-    if args.proba:
-        print("label  " + "  ".join(f"p({c})" for c in classes))
-        for lab, row in zip(labels, probs):
-            print(f"{lab:<6} " + "  ".join(f"{v:.4f}" for v in row))
+    if args.proba:  # columns right-aligned under headers as wide as their widest entry
+        heads = [f"p({c})" for c in classes]
+        cells = [[f"{v:.4f}" for v in row] for row in probs]
+        widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(heads)]
+        lw = max([len("label")] + [len(str(lab)) for lab in labels])
+        print(f"{'label':<{lw}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
+        for lab, row in zip(labels, cells):
+            print(f"{str(lab):<{lw}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(row, widths)))
     else:
         for lab in labels:
             print(lab)
@@ -424,13 +435,44 @@ def cmd_bench(argv):
     if main_fn is None:
         raise CLIError("the installed 'benchmarks' package has no main(); run it from an nnx "
                        "checkout")
-    return int(main_fn(list(argv)) or 0)
+    argv = list(argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        # the suite's own default is benchmarks/results/ in its package folder: from the
+        # command line, write into the current folder instead (never into the installed package)
+        argv = ["--out", os.getcwd()] + argv
+    return int(main_fn(argv) or 0)
 
 
 # ============================================================================ entry point
+def _stdout_gone():
+    """The reader of stdout went away (``nnx predict ... | head``): exit quietly as Unix tools
+    do (status 141, 128 + SIGPIPE, and no message); stdout is pointed at the null device so
+    that Python's final flush does not complain either."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in a test)
+        return 141
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+    return 141
+
+
 def main(argv=None):
     """Run the ``nnx`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit
-    status."""
+    status (141, quietly, when stdout is a pipe whose reader has gone)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a broken pipe shows here, not in Python's flush at exit
+    except BrokenPipeError:
+        return _stdout_gone()
+    return status
+
+
+def _main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "bench":  # everything after 'bench' belongs to the suite
@@ -442,6 +484,8 @@ def main(argv=None):
             return cmd_train(args)
         if args.command == "predict":
             return cmd_predict(args)
+    except BrokenPipeError:
+        raise  # main() exits quietly
     except CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1

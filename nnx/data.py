@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 
@@ -166,7 +167,22 @@ class DataLoader:
     """
 
     def __init__(self, dataset_or_arrays, batch_size=32, shuffle=False, drop_last=False,
-                 seed=None, device=None):
+                 seed=None, device=None, *, num_workers=0, pin_memory=False, timeout=0,
+                 worker_init_fn=None, persistent_workers=False, prefetch_factor=None):
+        # num_workers, pin_memory, timeout, worker_init_fn, persistent_workers, prefetch_factor:
+        # accepted for PyTorch code and ignored; a batch is one fancy-index per array on the
+        # host (no per-sample work for workers to share), and CUDA batches always come through
+        # pinned memory on a copy stream.
+        if num_workers:
+            warnings.warn(f"DataLoader: num_workers={num_workers} is ignored (nnx gathers each "
+                          f"batch with one fancy-index per array, in the main thread)",
+                          UserWarning, stacklevel=2)
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        if hasattr(batch_size, "shape") or isinstance(batch_size, (list, tuple)):
+            raise TypeError(f"DataLoader(X, Y): the second argument is batch_size, got an array of "
+                            f"shape {np.shape(batch_size)}; pass the arrays together: "
+                            f"DataLoader(TensorDataset(X, Y), batch_size=...) or "
+                            f"DataLoader((X, Y), batch_size=...)")
         data = dataset_or_arrays
         if isinstance(data, Dataset):
             self.dataset = data

@@ -15,12 +15,13 @@ from backends.scalars import scalar as _c
 from .activations import activation, float_input as _float_input, leaky_relu, relu, sigmoid, tanh
 from .autograd import Function
 from .errors import DTypeError, GraphError, LabelError, ShapeError, ValueRangeError
-from .ops import mean, sum as _sum
+from .ops import mean, norm, sum as _sum
 from .tensor import Tensor, _wrap, as_tensor
 
 __all__ = ["linear", "activation", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",
            "mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-           "cross_entropy", "nll_loss", "log_sigmoid", "softplus"]
+           "cross_entropy", "nll_loss", "log_sigmoid", "softplus", "l1_loss", "smooth_l1_loss",
+           "huber_loss", "one_hot", "normalize"]
 
 
 # ---------------------------------------------------------------------- activations
@@ -605,12 +606,17 @@ def _label_error(n_classes, ignore_index):
     return make
 
 
-def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=None):
+def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=None, weight=None,
+                  label_smoothing=0.0):
     """Softmax cross-entropy of logits ``input`` (N, C) against ``target``.
 
     ``target`` is either (N,) integer class labels in [0, C) (``ignore_index`` rows are skipped
     and leave the mean's count; an all-ignored batch gives 0) or (N, C) class probabilities
     (e.g. one-hot). Uses the fused, stable softmax-cross-entropy kernel for labels.
+
+    ``weight`` (C,) rescales each class (the mean then divides by the summed weights of the
+    non-ignored labels) and ``label_smoothing`` in [0, 1] mixes the target with the uniform
+    distribution, both as in PyTorch (computed from ``log_softmax`` rather than fused).
     """
     _check_reduction(reduction, "cross_entropy")
     input = _float_input(input, "cross_entropy")
@@ -634,7 +640,12 @@ def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=No
         if target.dtype != input.dtype:
             raise DTypeError(f"cross_entropy: probability target dtype {target.dtype} differs from "
                              f"logits dtype {input.dtype}")
-        el = -_sum(log_softmax(input, axis=1) * target, axis=1)
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + label_smoothing / c
+        logp = log_softmax(input, axis=1)
+        if weight is not None:
+            logp = logp * _class_weight(weight, input)
+        el = -_sum(logp * target, axis=1)
         if reduction == "mean":
             return mean(el)
         return _sum(el) if reduction == "sum" else el
@@ -645,6 +656,11 @@ def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=No
     if target.shape != (n,):
         raise ShapeError(f"cross_entropy: labels of shape {target.shape} do not match logits of "
                          f"shape {input.shape} (expected ({n},))")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if weight is not None or label_smoothing:
+        return _weighted_nll(log_softmax(input, axis=1), target, weight, ignore_index, reduction,
+                             label_smoothing, "cross_entropy")
     fn = SoftmaxCrossEntropy(int(ignore_index), reduction)
     out = fn.apply(input, target)
     if fn.bad is not None:
@@ -652,8 +668,9 @@ def cross_entropy(input, target, reduction="mean", ignore_index=-100, *, axis=No
     return out
 
 
-def nll_loss(input, target, reduction="mean", ignore_index=-100):
-    """Negative log-likelihood of log-probabilities ``input`` (N, C) at integer ``target``."""
+def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):
+    """Negative log-likelihood of log-probabilities ``input`` (N, C) at integer ``target``;
+    ``weight`` (C,) rescales classes as in PyTorch (the mean divides by the summed weights)."""
     _check_reduction(reduction, "nll_loss")
     if not isinstance(target, Tensor):
         target = as_tensor(target, like=input)
@@ -666,21 +683,105 @@ def nll_loss(input, target, reduction="mean", ignore_index=-100):
     if target.shape != (n,):
         raise ShapeError(f"nll_loss: labels of shape {target.shape} do not match input of shape "
                          f"{input.shape} (expected ({n},))")
+    return _weighted_nll(input, target, weight, ignore_index, reduction, 0.0, "nll_loss")
+
+
+def _class_weight(weight, input):
+    w = weight if isinstance(weight, Tensor) else as_tensor(weight, like=input)
+    if w.shape != (input.shape[1],):
+        raise ShapeError(f"weight of shape {w.shape} does not match {input.shape[1]} classes")
+    return w.detach().to(dtype=input.dtype)
+
+
+def _weighted_nll(logp, target, weight, ignore_index, reduction, smoothing, name):
+    """PyTorch's (weighted, label-smoothed) NLL of log-probabilities ``logp`` (N, C) at the
+    labels ``target`` (N,): rows labelled ``ignore_index`` count nothing; the mean divides by
+    the summed weights of the other rows (0 when there are none)."""
+    n, c = logp.shape
     t = target.data
-    xp = input._backend.xp
+    xp = logp._backend.xp
     valid = t != ignore_index
     bad = xp.any(valid & ((t < 0) | (t >= c)))
     safe = xp.where(valid & ~((t < 0) | (t >= c)), t, 0)  # never index out of bounds
-    picked = input[xp.arange(n), safe]
-    w = _wrap(valid.astype(input.dtype), input._backend)
-    el = -(picked * w)
+    mask = valid.astype(logp.dtype)
+    w = None if weight is None else _class_weight(weight, logp)
+    wy = mask if w is None else w.data[safe] * mask
+    el = -(logp[xp.arange(n), safe] * _wrap(wy, logp._backend))
+    if smoothing:
+        weighted = logp if w is None else logp * w
+        smooth = -_sum(weighted, axis=1) * _wrap(mask, logp._backend)
+        el = el * (1.0 - smoothing) + smooth * (smoothing / c)
     if reduction == "none":
         out = el
     elif reduction == "sum":
         out = _sum(el)
     else:
-        count = valid.sum()
-        out = _sum(el) / _wrap(xp.maximum(count, 1).astype(input.dtype), input._backend)
-    _defer_check(out, bad, lambda: LabelError(f"nll_loss: a label lies outside [0, {c}) (and is "
+        total = wy.sum()
+        out = _sum(el) / _wrap(xp.where(total == 0, 1, total).astype(logp.dtype), logp._backend)
+    _defer_check(out, bad, lambda: LabelError(f"{name}: a label lies outside [0, {c}) (and is "
                                               f"not ignore_index={ignore_index})"))
     return out
+
+
+# ---------------------------------------------------------------------- L1, smooth L1, Huber
+class Huber(Function):
+    """The elementwise Huber loss of a difference d: 0.5 d^2 where |d| < delta, else
+    delta (|d| - 0.5 delta); the gradient is d clipped to [-delta, delta]."""
+
+    def __init__(self, delta):
+        self.delta = delta
+
+    def forward(self, d):
+        self.d = d
+        a = self.xp.abs(d)
+        return self.xp.where(a < self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta))
+
+    def backward(self, gy):
+        return (gy * self.xp.clip(self.d, -self.delta, self.delta),)
+
+
+def _difference(input, target, reduction, name):
+    _check_reduction(reduction, name)
+    input = _float_input(input, name)
+    return input - _loss_target(input, target, name)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """Mean absolute error: mean(|input - target|). Shapes must match exactly."""
+    return _reduce(_difference(input, target, reduction, "l1_loss").abs(), reduction, None)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """The Huber loss (quadratic below ``delta``, linear above), as ``torch.nn.HuberLoss``."""
+    d = _difference(input, target, reduction, "huber_loss")
+    return _reduce(Huber(float(delta)).apply(d), reduction, None)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """The smooth L1 loss: Huber with delta = ``beta``, divided by ``beta`` (L1 at beta = 0)."""
+    if beta == 0:
+        return l1_loss(input, target, reduction)
+    d = _difference(input, target, reduction, "smooth_l1_loss")
+    return _reduce(Huber(float(beta)).apply(d), reduction, None) * (1.0 / beta)
+
+
+# ---------------------------------------------------------------------- one_hot, normalize
+def one_hot(labels, num_classes=-1):
+    """Integer ``labels`` of any shape as int64 one-hot vectors (shape ``(*labels.shape, C)``),
+    C = ``num_classes`` or max(labels) + 1; LabelError for a label outside [0, C)."""
+    if not isinstance(labels, Tensor):
+        labels = as_tensor(labels)
+    t = labels.data
+    if t.dtype.kind not in "iu":
+        raise LabelError(f"one_hot: labels must be an integer tensor, got dtype {labels.dtype}")
+    xp = labels._backend.xp
+    c = int(t.max()) + 1 if num_classes == -1 and t.size else int(num_classes)
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= c):
+        raise LabelError(f"one_hot: labels must lie in [0, {c}), got values in "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return _wrap((t[..., None] == xp.arange(c)).astype(np.int64), labels._backend)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12):
+    """``input / max(||input||_p, eps)`` along ``dim``, as ``torch.nn.functional.normalize``."""
+    return input / norm(input, p, dim, keepdim=True).clip(min=eps)

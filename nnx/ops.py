@@ -348,6 +348,35 @@ def neg(x):
     return Neg().apply(x)
 
 
+class Maximum(Function):
+    """Elementwise max (``fn="max"``) or min of two tensors; at ties each gets half the
+    gradient, as in PyTorch."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return self.xp.maximum(a, b) if self.fn == "max" else self.xp.minimum(a, b)
+
+    def backward(self, gy):
+        a, b = self.a, self.b
+        wa = (a > b if self.fn == "max" else a < b) + 0.5 * (a == b)
+        n = self.needs_input_grad
+        return (sum_to(gy * wa, a.shape) if n[0] else None,
+                sum_to(gy * (1 - wa), b.shape) if n[1] else None)
+
+
+def maximum(a, b):
+    """The elementwise maximum of a and b (broadcast; see ``add``). Ties split the gradient."""
+    return Maximum("max").apply(*_binary_operands(a, b, "maximum"))
+
+
+def minimum(a, b):
+    """The elementwise minimum of a and b (see ``maximum``)."""
+    return Maximum("min").apply(*_binary_operands(a, b, "minimum"))
+
+
 # ---------------------------------------------------------------------- matmul
 class MatMul(Function):
     def forward(self, a, b):
@@ -554,6 +583,118 @@ def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Indices of the minima (see ``argmax``)."""
     return _arg(x, axis, keepdims, dim, keepdim, "argmin")
+
+
+class Var(Function):
+    """The variance over ``axis`` with ``correction`` (Bessel's: 1): sum((x - mean)^2) / (n - c)."""
+
+    def __init__(self, axis, keepdims, correction):
+        self.axis, self.keepdims, self.correction = axis, keepdims, correction
+
+    def forward(self, x):
+        d = x - x.mean(axis=self.axis, keepdims=True)
+        axes = range(x.ndim) if self.axis is None else np.atleast_1d(self.axis)
+        n = int(np.prod([x.shape[a] for a in axes]))
+        self.d, self.den = d, builtins.max(n - self.correction, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (d * d).sum(axis=self.axis, keepdims=self.keepdims) / self.den
+
+    def backward(self, gy):
+        g = _expand_reduced(self.xp, gy, self.d.shape, self.axis, self.keepdims)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (g * self.d * (2.0 / self.den if self.den else np.inf),)
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=False):
+    """The variance over ``dim`` (an int, a tuple, or None for all), as ``torch.var``: divides
+    by n - ``correction`` (default 1; ``unbiased=False`` means 0). Differentiable.
+    Shape: x's without the reduced axes (kept as 1 with ``keepdim``/``keepdims``)."""
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    elif unbiased is not None:
+        raise TypeError("var: give either unbiased= or correction=, not both")
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "var")
+    return Var(axes, keep, correction).apply(_promote_int(x))
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=False):
+    """The standard deviation, ``sqrt(var(...))`` (see ``var``). Differentiable."""
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+
+
+class TakeAlong(Function):
+    """``take_along_axis(x, indices, axis)``; the gradient scatters back (indices distinct)."""
+
+    def __init__(self, indices, axis):
+        self.indices, self.axis = indices, axis
+
+    def forward(self, x):
+        self.shape = x.shape
+        return self.xp.take_along_axis(x, self.indices, axis=self.axis)
+
+    def backward(self, gy):
+        xp = self.xp
+        gx = xp.zeros(self.shape, dtype=gy.dtype)
+        xp.put_along_axis(gx, self.indices, gy, axis=self.axis)
+        return (gx,)
+
+
+TopK = collections.namedtuple("TopK", ["values", "indices"])
+
+
+def topk(x, k, dim=-1, largest=True, sorted=True, *, axis=None):
+    """The ``k`` largest (``largest=False``: smallest) elements along ``dim`` as
+    ``(values, indices)``, as ``torch.topk``; ``values`` is differentiable, ``indices`` int64.
+    Shape: x's with ``dim`` of size k. Equal values come in index order."""
+    d = _norm_axes(dim if axis is None else axis, x.ndim, "topk")
+    if x.ndim == 0:
+        x = x.reshape(1)
+    if not 0 <= k <= x.shape[d]:
+        raise IndexError(f"topk: k={k} is out of range for dimension {d} of size {x.shape[d]}")
+    xp = x._backend.xp
+    key = -x.data if largest else x.data
+    idx = xp.argsort(key, axis=d, kind="stable")
+    idx = xp.take(idx, xp.arange(k), axis=d).astype(np.int64)
+    del sorted  # always sorted (allowed by torch for sorted=False)
+    return TopK(TakeAlong(idx, d).apply(x), _wrap(idx, x._backend))
+
+
+class Norm(Function):
+    """The p-norm over ``axis`` (keeping it); the gradient at a zero norm is 0 (as PyTorch)."""
+
+    def __init__(self, p, axis, keepdims):
+        self.p, self.axis, self.keepdims = p, axis, keepdims
+
+    def forward(self, x):
+        xp, p = self.xp, self.p
+        a = xp.abs(x)
+        if p == 2:
+            y = xp.sqrt((x * x).sum(axis=self.axis, keepdims=True))
+        elif p == np.inf:
+            y = a.max(axis=self.axis, keepdims=True)
+        else:
+            y = (a ** p).sum(axis=self.axis, keepdims=True) ** (1.0 / p)
+        self.x, self.y = x, y
+        return y if self.keepdims else y.reshape(_reduced_shape(x.shape, self.axis))
+
+    def backward(self, gy):
+        xp, p, x, y = self.xp, self.p, self.x, self.y
+        g = _expand_reduced(xp, gy, x.shape, self.axis, self.keepdims)
+        safe = xp.where(y == 0, 1, y)
+        if p == np.inf:
+            mask = xp.abs(x) == y
+            gx = xp.sign(x) * mask / mask.sum(axis=self.axis, keepdims=True)
+        elif p == 1:
+            gx = xp.sign(x)
+        else:
+            gx = xp.sign(x) * xp.abs(x) ** (p - 1) / safe ** (p - 1)
+        return (g * xp.where(y == 0, 0, gx),)
+
+
+def norm(x, p=2, dim=None, keepdim=False, *, axis=None, keepdims=False):
+    """The vector p-norm (p > 0 or inf) over ``dim`` (None: all elements), as ``torch.norm``."""
+    axes, keep = _reduction_args(x, axis, dim, keepdims, keepdim, "norm")
+    return Norm(float(p), axes, keep).apply(_promote_int(x))
 
 
 # ---------------------------------------------------------------------- shape ops
@@ -898,20 +1039,70 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
     return _wrap(b.xp.full(_shape_args((shape,)), fill_value, dtype=dt), b, requires_grad)
 
 
-def zeros_like(x, dtype=None):
+def _like(x, dtype, device):
+    """The backend and dtype of a ``*_like`` constructor: x's unless given."""
+    b = x._backend if device is None else _config.backend_for(device)
+    return b, _config.to_dtype(dtype) or x.dtype
+
+
+def zeros_like(x, dtype=None, device=None, requires_grad=False):
     """Zeros of x's shape, device and (unless given) dtype."""
-    return _wrap(x._backend.xp.zeros(x.shape, dtype=_config.to_dtype(dtype) or x.dtype), x._backend)
+    b, dt = _like(x, dtype, device)
+    return _wrap(b.xp.zeros(x.shape, dtype=dt), b, requires_grad)
 
 
-def ones_like(x, dtype=None):
+def ones_like(x, dtype=None, device=None, requires_grad=False):
     """Ones of x's shape, device and (unless given) dtype."""
-    return _wrap(x._backend.xp.ones(x.shape, dtype=_config.to_dtype(dtype) or x.dtype), x._backend)
+    b, dt = _like(x, dtype, device)
+    return _wrap(b.xp.ones(x.shape, dtype=dt), b, requires_grad)
 
 
-def arange(*args, dtype=None, device=None):
-    """``arange([start,] stop[, step])`` as a 1-D tensor (NumPy's dtype rules unless given)."""
+def full_like(x, fill_value, dtype=None, device=None, requires_grad=False):
+    """``fill_value`` in x's shape, device and (unless given) dtype."""
+    b, dt = _like(x, dtype, device)
+    return _wrap(b.xp.full(x.shape, fill_value, dtype=dt), b, requires_grad)
+
+
+def empty_like(x, dtype=None, device=None, requires_grad=False):
+    """A tensor of x's shape, device and (unless given) dtype (zero-filled here)."""
+    return zeros_like(x, dtype, device, requires_grad)
+
+
+def rand_like(x, dtype=None, device=None, requires_grad=False):
+    """U(0, 1) samples of x's shape, device and (unless given) floating dtype."""
+    b, dt = _like(x, dtype, device)
+    return _wrap(b.uniform(0.0, 1.0, x.shape, dt), b, requires_grad)
+
+
+def randn_like(x, dtype=None, device=None, requires_grad=False):
+    """N(0, 1) samples of x's shape, device and (unless given) floating dtype."""
+    b, dt = _like(x, dtype, device)
+    return _wrap(b.normal(0.0, 1.0, x.shape, dt), b, requires_grad)
+
+
+def arange(*args, dtype=None, device=None, requires_grad=False):
+    """``arange([start,] stop[, step])`` as a 1-D tensor; as in PyTorch, int64 for integer
+    arguments and the default dtype for floating ones, unless ``dtype`` is given."""
     b = _config.backend_for(device)
-    return _wrap(b.xp.arange(*args, dtype=_config.to_dtype(dtype)), b)
+    dt = _config.to_dtype(dtype)
+    if dt is None:
+        floating = builtins.any(isinstance(a, (float, np.floating)) for a in args)
+        dt = _config.get_default_dtype() if floating else np.dtype(np.int64)
+    return _wrap(b.xp.arange(*args, dtype=dt), b, requires_grad)
+
+
+def eye(n, m=None, dtype=None, device=None, requires_grad=False):
+    """The (n, m) identity matrix (m = n unless given), default dtype unless given."""
+    b = _config.backend_for(device)
+    dt = _config.to_dtype(dtype) or _config.get_default_dtype()
+    return _wrap(b.xp.eye(int(n), None if m is None else int(m), dtype=dt), b, requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive (default dtype)."""
+    b = _config.backend_for(device)
+    dt = _config.to_dtype(dtype) or _config.get_default_dtype()
+    return _wrap(b.xp.linspace(start, end, int(steps)).astype(dt), b, requires_grad)
 
 
 def rand(*shape, dtype=None, device=None, requires_grad=False):

@@ -190,6 +190,14 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), "
                             "not a single tensor")
+        unbuilt = getattr(params, "unbuilt_layers", None)  # from nnx.keras Sequential.parameters()
+        if unbuilt:
+            raise ValueError(
+                f"{type(self).__name__}: layer(s) {', '.join(unbuilt)} of the model have no "
+                f"parameters yet (their input size is not known), so this optimizer would never "
+                f"train them. Build the model first (give the first Dense input_dim=... or start "
+                f"the model with nn.Input(shape)), then make the optimizer from "
+                f"model.parameters()")
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")

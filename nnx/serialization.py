@@ -112,14 +112,18 @@ def _decode(node, arrays, used):
 
 def save(obj, path) -> None:
     """Save ``obj`` (a state dict, or a nested dict such as ``{"model": ..., "optimizer": ...,
-    "epoch": 3}``; a Module saves its ``state_dict()``) to ``path`` atomically.
+    "epoch": 3}``) to ``path`` atomically.
 
-    Raises TypeError for values that cannot be stored (nothing is written then).
+    Raises TypeError for values that cannot be stored, a Module among them (nothing is written
+    then): save ``model.state_dict()`` and load it with ``model.load_state_dict(nnx.load(path))``.
     """
     from .nn.module import Module
 
     if isinstance(obj, Module):
-        obj = obj.state_dict()
+        raise TypeError(f"nnx.save: got a module ({type(obj).__name__}); nnx saves tensors, not "
+                        f"modules: use nnx.save(model.state_dict(), path) and later "
+                        f"model.load_state_dict(nnx.load(path)) (a Keras model has "
+                        f"model.save(path))")
     path = os.fspath(path)
     arrays = {}
     meta = json.dumps(_encode(obj, arrays, ""), allow_nan=False)

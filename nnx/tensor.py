@@ -292,6 +292,14 @@ class Tensor(DeviceDtypeShorthands):
         a = self.data
         return a if dtype is None else a.astype(dtype)
 
+    def __dlpack__(self, *args, **kwargs):
+        """Export the data through DLPack (zero-copy): ``torch.from_dlpack(x)``,
+        ``np.from_dlpack(x)``."""
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
     def __repr__(self):
         body = np.array2string(self._backend.to_host(self.data), separator=", ", precision=4,
                                prefix="tensor(")
@@ -372,6 +380,7 @@ def _wrap(array, backend, requires_grad=False):
 
 
 autograd._new_tensor = _wrap
+autograd._tensor_type = Tensor
 
 
 def _infer_dtype(data, dtype):
@@ -414,6 +423,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
         dt = _config.to_dtype(dtype) or data.dtype
         arr = b.xp.array(src, dtype=dt, copy=True)
     else:
+        if not isinstance(data, (list, tuple, np.ndarray, numbers.Number)) and not b.is_array(data):
+            data = _foreign_array(data, b)
         if isinstance(data, (list, tuple)) and any(isinstance(e, Tensor) for e in _flatten_first(data)):
             data = [e.numpy() if isinstance(e, Tensor) else e for e in data]
         dt = _infer_dtype(data, dtype)
@@ -439,6 +450,47 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     if requires_grad:
         t.requires_grad_(True)
     return t
+
+
+def _foreign_array(data, b):
+    """Another library's array (a PyTorch tensor, a JAX array, any DLPack or ``__array__``
+    object) as an array ``b`` or NumPy can read, zero-copy where DLPack allows (``tensor`` then
+    copies it)."""
+    if hasattr(data, "detach") and hasattr(data, "requires_grad"):  # torch: leave its graph
+        data = data.detach()
+    if hasattr(data, "__dlpack__"):
+        try:
+            return b.xp.from_dlpack(data)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass  # another device or a dtype DLPack cannot carry (bfloat16): try a host copy
+    if hasattr(data, "cpu") and hasattr(data, "numpy"):
+        return data.cpu().numpy()
+    return data  # __array__ objects, sequences: np.asarray reads them
+
+
+def from_numpy(array) -> Tensor:
+    """A CPU tensor sharing ``array``'s memory and dtype (``torch.from_numpy``): writes to one
+    show in the other. Use ``nnx.tensor`` for a copy with nnx's dtype rule."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype.kind not in "fiub":
+        raise DTypeError(f"from_numpy: dtype {array.dtype} is not supported")
+    return _wrap(array, _config.backend_for("cpu"))
+
+
+def from_dlpack(obj) -> Tensor:
+    """A tensor sharing the memory of the DLPack object ``obj`` (a PyTorch tensor, a CuPy or
+    NumPy array, another nnx Tensor...) on its device, zero-copy; the dtype is kept."""
+    if isinstance(obj, Tensor):
+        return _wrap(obj.data, obj._backend)
+    if hasattr(obj, "detach") and hasattr(obj, "requires_grad"):
+        obj = obj.detach()
+    kind, index = obj.__dlpack_device__()
+    b = _config.backend_for("cpu" if int(kind) == 1 else f"cuda:{int(index)}")
+    arr = b.xp.from_dlpack(obj)
+    if arr.dtype.kind not in "fiub":
+        raise DTypeError(f"from_dlpack: dtype {arr.dtype} is not supported")
+    return _wrap(arr, b)
 
 
 def _flatten_first(data):
@@ -489,4 +541,4 @@ def is_tensor(obj) -> bool:
     return isinstance(obj, Tensor)
 
 
-__all__ = ["Tensor", "tensor", "as_tensor", "is_tensor", "NNXError"]
+__all__ = ["Tensor", "tensor", "as_tensor", "is_tensor", "from_numpy", "from_dlpack", "NNXError"]

@@ -46,7 +46,8 @@ def bind(T=Tensor):
     T.__hash__ = object.__hash__
     for name in ("sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "reshape",
                  "view", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "exp", "log",
-                 "abs", "sqrt", "clip", "any", "all", "clone"):
+                 "abs", "sqrt", "clip", "any", "all", "clone", "var", "std", "topk", "norm",
+                 "maximum", "minimum"):
         setattr(T, name, getattr(ops, name))
     T.clamp = ops.clip
     T.T = property(ops.T)

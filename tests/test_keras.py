@@ -702,7 +702,8 @@ def test_a_layer_tells_its_output_size_through_one_method():
     model.add(nn.Dense(1))
     assert model[2].in_features == 6
     assert nn.Linear(2, 7).output_features(None) == 7
-    assert nn.Dropout().output_features(5) == 5 and nn.Flatten().output_features(5) is None
+    assert nn.Dropout().output_features(5) == 5 and nn.Flatten().output_features(None) is None
+    assert nn.Flatten().output_features(5) == 5  # a 1-D sample flattens to itself
     assert nn.Sigmoid().output_features(5) == 5 and nn.LeakyReLU(0.2).output_features(5) == 5
     with pytest.raises(ValueError, match="cannot infer"):
         nn.Sequential(nn.Dense(3, input_dim=2), _Custom()).add(nn.Dense(1))

@@ -59,7 +59,10 @@ def test_state_dict_round_trip(tmp_path, device):
 def test_save_str_path_and_module(tmp_path):
     model = _mlp()
     path = str(tmp_path / "m.npz")
-    nnx.save(model, path)  # a Module saves its state_dict
+    with pytest.raises(TypeError, match=r"model\.state_dict\(\)"):
+        nnx.save(model, path)  # a Module is refused, naming state_dict()
+    assert not os.path.exists(path)
+    nnx.save(model.state_dict(), path)
     _assert_same_tree(dict(model.state_dict()), dict(nnx.load(path)))
 
 

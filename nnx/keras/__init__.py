@@ -4,6 +4,7 @@
   ``fit``, ``evaluate``, ``predict``, ``summary``, ``save``, ``get_weights`` / ``set_weights``,
   ``get_config`` / ``from_config``;
 * :class:`Dense` (``layers.py``): a ``Linear`` with its activation and Keras's initialization;
+* :class:`Input` (``nnx.nn.inputs``): Keras's ``Input(shape)``, the per-sample input shape;
 * ``callbacks`` (``EarlyStopping``, ``ModelCheckpoint``, ``TerminateOnNaN``), :class:`History`;
 * :func:`load_model` / :func:`load_checkpoint` (``saving.py``);
 * the parts of training: ``compiling``, ``losses``, ``metrics``, ``heads`` (the fused logits
@@ -14,9 +15,10 @@
 """
 from . import callbacks
 from .history import History
+from ..nn.inputs import Input
 from .layers import ACTIVATIONS, Dense
 from .model import Sequential
 from .saving import load_checkpoint, load_model
 
-__all__ = ["Sequential", "Dense", "ACTIVATIONS", "History", "callbacks", "load_model",
+__all__ = ["Sequential", "Dense", "Input", "ACTIVATIONS", "History", "callbacks", "load_model",
            "load_checkpoint"]

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from .. import serialization
+from .paths import check_save_path
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN"]
 
@@ -176,7 +177,8 @@ class ModelCheckpoint(Callback):
 
     Args:
         filepath: where to write; may hold ``str.format`` fields filled from the epoch
-            (1-based) and the logs, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``.
+            (1-based) and the logs, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``; it must
+            end in ``.npz`` or ``.nnx`` (nnx's format; ValueError otherwise, at construction).
         monitor: the logs key ``save_best_only`` compares. Default: ``"val_loss"``.
         verbose: 1 prints a line at each save.
         save_best_only: write only when ``monitor`` improves on the best so far.
@@ -189,7 +191,7 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto"):
-        self.filepath = str(filepath)
+        self.filepath = check_save_path(filepath, "ModelCheckpoint")
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = bool(save_best_only)

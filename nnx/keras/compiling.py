@@ -28,10 +28,11 @@ class Setup:
         self.batch_losses = None
 
 
-def resolve_optimizer(optimizer, params):
+def resolve_optimizer(optimizer, params, layer_of=None):
     """``compile``'s ``optimizer`` argument as an optimizer over ``params``: "sgd" (lr 0.01)
     and "adam" (lr 0.001, eps 1e-7) with Keras's defaults, or an ``nnx.optim`` optimizer that
-    holds some of ``params``."""
+    holds every trainable (``requires_grad``) one of ``params`` (ValueError naming the layers,
+    ``layer_of``: ``{id(param): layer label}``, whose parameters it lacks)."""
     if optimizer is None:
         raise ValueError("compile: give an optimizer: 'sgd', 'adam' or an nnx.optim optimizer")
     if isinstance(optimizer, str):
@@ -43,18 +44,36 @@ def resolve_optimizer(optimizer, params):
         raise ValueError(f"compile: unknown optimizer {optimizer!r}; expected 'sgd', "
                          f"'adam' or an nnx.optim optimizer")
     if isinstance(optimizer, optim.Optimizer):
-        mine = {id(p) for p in params}
-        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not any(id(p) in held for p in params):
             raise ValueError("compile: the optimizer holds none of this model's parameters; "
                              "build it with model.parameters() after adding the layers")
+        trainable = [p for p in params if p.requires_grad]
+        missing = [p for p in trainable if id(p) not in held]
+        if missing:
+            layers = []
+            for p in missing:
+                label = (layer_of or {}).get(id(p), "?")
+                if label not in layers:
+                    layers.append(label)
+            n, total = sum(p.size for p in missing), sum(p.size for p in trainable)
+            raise ValueError(
+                f"compile: the optimizer does not hold the parameters of layer(s) "
+                f"{', '.join(layers)} ({n:,} of the model's {total:,} trainable parameter "
+                f"values), so they would never train (it was probably made before those "
+                f"layers were added or built). Make the optimizer after the model is built, "
+                f"from all its parameters: opt = nnx.optim.Adam(model.parameters()), then "
+                f"model.compile(optimizer=opt, ...); or pass optimizer='adam'. To keep a layer "
+                f"fixed on purpose, set requires_grad_(False) on its parameters first.")
         return optimizer
     raise TypeError(f"compile: optimizer must be 'sgd', 'adam' or an nnx.optim "
                     f"optimizer, got {type(optimizer).__name__}")
 
 
-def make_setup(params, optimizer, loss, metrics):
+def make_setup(params, optimizer, loss, metrics, layer_of=None):
     """The :class:`Setup` for ``compile(optimizer, loss, metrics)`` on a model whose
-    parameters are ``params`` (checked in that order: loss, optimizer, metrics)."""
+    parameters are ``params`` (checked in that order: loss, optimizer, metrics; ``layer_of``
+    labels each parameter's layer for the optimizer's error, see ``resolve_optimizer``)."""
     name = resolve_loss(loss)
-    opt = resolve_optimizer(optimizer, params)
+    opt = resolve_optimizer(optimizer, params, layer_of)
     return Setup(loss, name, opt, resolve_metrics(metrics))

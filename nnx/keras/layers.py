@@ -3,7 +3,7 @@
 A ``Dense`` is a ``Linear`` (same ``weight`` (out, in) and ``bias`` (out,) parameters, so
 ``state_dict`` keys stay ``"0.weight"``, ``"0.bias"`` as in PyTorch) that carries its activation
 and starts from Keras's initialization. Its input size may be left open and filled in by
-``nnx.keras.Sequential`` (at construction or in ``add``) from the ``output_features`` of the
+``nnx.keras.Sequential`` (at construction or in ``add``) from the ``output_shape`` of the
 layers before it.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..nn.config import class_name, config_arg, layer_from_config
 from backends import activations as _table
 
 from ..nn.activation import fusable, names as activation_names
-from ..nn.layers import Linear, Softmax
+from ..nn.layers import Linear, Softmax, _config_shape, _per_sample_shape
 from ..nn.module import Module, Parameter
 
 __all__ = ["Dense", "ACTIVATIONS"]
@@ -70,6 +70,10 @@ class Dense(Linear):
             Default: None.
         input_dim: number of input features. Needed for the first layer of a model; a later
             ``Dense`` in a ``Sequential`` takes it from the layers before it.
+        input_shape: (keyword only) Keras's alternative to ``input_dim``: the per-sample shape
+            of the input, batch axis left out; ``Dense(4, input_shape=(3,))`` is
+            ``Dense(4, input_dim=3)``. Its last entry is the number of input features; the
+            others (as in ``(5, 3)``) only tell the model's output shapes (``summary``).
         use_bias: learn an additive bias. Default: True.
         device, dtype: where and in which dtype to create the parameters (default: the current
             default device and dtype; ``Sequential.add`` uses the model's).
@@ -94,10 +98,18 @@ class Dense(Linear):
     """
 
     def __init__(self, units, activation=None, input_dim=None, use_bias=True, device=None,
-                 dtype=None):
+                 dtype=None, *, input_shape=None):
         Module.__init__(self)
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"Dense: units must be a positive int, got {units!r}")
+        shape = _per_sample_shape(input_shape, f"Dense({units})")
+        if shape is not None:
+            if shape[-1] is None or input_dim is not None and input_dim != shape[-1]:
+                raise ValueError(f"Dense({units}): the last entry of input_shape={shape} must be "
+                                 f"the number of input features" +
+                                 ("" if input_dim is None else f" (input_dim={input_dim!r})"))
+            input_dim = shape[-1]
+        self.input_shape = shape if shape is not None and len(shape) > 1 else None
         name, module = _normalize_activation(activation)
         self.units = self.out_features = int(units)
         self.in_features = None
@@ -133,6 +145,11 @@ class Dense(Linear):
         self.reset_parameters()
         return self
 
+    def output_shape(self, input_shape):
+        """``input_shape[:-1] + (units,)``, from the ``input_shape`` given to the constructor
+        when ``input_shape`` is None (else ``(units,)``)."""
+        return super().output_shape(self.input_shape if input_shape is None else input_shape)
+
     def reset_parameters(self):
         init.xavier_uniform_(self.weight)
         if self.bias is not None:
@@ -164,9 +181,13 @@ class Dense(Linear):
 
     def get_config(self):
         """``{"class": "Dense", "units": int, "input_dim": int or None, "activation": name or
-        the activation module's config, "use_bias": bool}``."""
-        return {"class": class_name(self), "units": self.units, "input_dim": self.in_features,
-                "activation": self._activation_config(), "use_bias": self.use_bias}
+        the activation module's config, "use_bias": bool}``, plus ``"input_shape"`` (a list)
+        when one of more than one axis was given."""
+        cfg = {"class": class_name(self), "units": self.units, "input_dim": self.in_features,
+               "activation": self._activation_config(), "use_bias": self.use_bias}
+        if self.input_shape is not None:
+            cfg["input_shape"] = list(self.input_shape)
+        return cfg
 
     def _activation_config(self):
         """The activation as data: its name, or the config of a custom activation module."""
@@ -182,7 +203,7 @@ class Dense(Linear):
         in_dim = config_arg(config, "input_dim", (int, type(None)))
         return cls(config_arg(config, "units", (int,), required=True), activation=act,
                    input_dim=in_dim, use_bias=config_arg(config, "use_bias", (bool,), True),
-                   device=device, dtype=dtype)
+                   device=device, dtype=dtype, input_shape=_config_shape(config))
 
     def extra_repr(self):
         s = f"in_features={self.in_features}, units={self.units}, activation={self.activation!r}"

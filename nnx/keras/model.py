@@ -30,7 +30,9 @@ from .compiling import make_setup
 from .data import (as_backend_array, batch_source, is_loader, predict_batches, split_last,
                    to_host)
 from .heads import logits_head
+from ..nn.inputs import Input
 from .layers import Dense
+from .paths import check_save_path
 from .losses import loss_for, target_kind
 from .metrics import metrics_for
 
@@ -38,6 +40,21 @@ __all__ = ["Sequential", "FORMAT"]
 
 #: The "format" entry of a file written by ``Sequential.save``.
 FORMAT = "nnx.sequential"
+
+
+class _ModelParameters:
+    """``Sequential.parameters()``: an iterator over the parameters whose ``unbuilt_layers``
+    names the layers that have none yet (read by ``nnx.optim.Optimizer``)."""
+
+    def __init__(self, params, unbuilt_layers):
+        self._it = iter(params)
+        self.unbuilt_layers = unbuilt_layers
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
 
 
 class Sequential(_Container):
@@ -48,7 +65,9 @@ class Sequential(_Container):
     It is ``nnx.nn.container.Sequential`` (children "0", "1", ..., the fused forward, PyTorch's
     ``state_dict`` keys), and ``nnx.nn.Sequential`` names it. ``Sequential(l0, l1, ...)``,
     ``Sequential([l0, l1, ...])`` (Keras's list form) and ``add`` give a ``Dense`` without
-    ``input_dim`` its input size from the ``output_features`` of the layers before it.
+    ``input_dim`` its input size from the ``output_shape`` of the layers before it (the last
+    entry of the per-sample shape they output; ``Flatten(input_shape=(28, 28))`` then
+    ``Dense(128)`` builds the Dense for 784 inputs).
 
     Shape:
         input (N, in_features) -> output (N, out_features) for a stack of Dense layers;
@@ -78,7 +97,8 @@ class Sequential(_Container):
         Adding a layer after ``compile`` requires compiling again."""
         if not isinstance(layer, Module):
             raise TypeError(f"add: expected an nnx.nn layer (Module), got {type(layer).__name__}")
-        prev = self.output_features(None)
+        shape = self.output_shape(None)
+        prev = shape[-1] if shape else None
         if isinstance(layer, Dense):
             if not layer.built:
                 first = (f"Dense({layer.units}) is the first layer and has no input size: give "
@@ -86,8 +106,8 @@ class Sequential(_Container):
                          f"nn.Dense({layer.units}, input_dim=2)")
                 self._build_dense(layer, prev, first if len(self) == 0 else
                                   f"Dense({layer.units}): cannot infer its input size from the "
-                                  f"layer before it ({type(self[-1]).__name__}); give "
-                                  f"input_dim=...")
+                                  f"layer before it ({type(self[-1]).__name__}, whose "
+                                  f"output_shape() does not tell it); give input_dim=...")
             elif prev is not None and layer.in_features != prev:
                 raise ShapeError(f"Dense({layer.units}, input_dim={layer.in_features}) does not "
                                  f"fit after a layer with {prev} outputs")
@@ -96,16 +116,17 @@ class Sequential(_Container):
         return self
 
     def _build_pending(self, strict=True):
-        """Give each unbuilt Dense its input size from the ``output_features`` of the layers
+        """Give each unbuilt Dense its input size from the ``output_shape`` of the layers
         before it, as ``add`` does. ``strict``: a Dense whose input size cannot be told is an
         error (``compile``); otherwise it is left for later (construction)."""
-        feats = None
+        shape = None
         for i, m in enumerate(self):
+            feats = shape[-1] if shape else None
             if isinstance(m, Dense) and not m.built and (strict or feats is not None):
                 self._build_dense(m, feats, f"Dense({m.units}) at position {i} has no input size "
                                             f"and none can be inferred from the layers before "
                                             f"it; give it input_dim=...")
-            feats = m.output_features(feats)
+            shape = m.output_shape(shape)
 
     def _build_dense(self, layer, in_features, error):
         """Build the unbuilt Dense ``layer`` for ``in_features`` inputs, on the device and in
@@ -119,8 +140,21 @@ class Sequential(_Container):
 
     @property
     def layers(self):
-        """The layers, in order (Keras's ``model.layers``)."""
-        return list(self)
+        """The layers, in order (Keras's ``model.layers``; an ``Input`` is left out, as Keras
+        leaves out its input layer, though it is a child here, "0", with no parameters)."""
+        return [m for m in self if not isinstance(m, Input)]
+
+    def parameters(self, recurse=True):
+        """The parameters (PyTorch's ``model.parameters()``), as an iterator that also tells
+        an ``nnx.optim`` optimizer which layers have no parameters yet (a ``Dense`` whose input
+        size is not known): the optimizer refuses them, since those layers would never train.
+        """
+        return _ModelParameters(super().parameters(recurse), self._unbuilt_layers())
+
+    def _unbuilt_layers(self):
+        """``"<name> Dense(<units>)"`` for each Dense of the model that is not built yet."""
+        return [f"{name} Dense({m.units})" for name, m in self.named_modules()
+                if isinstance(m, Dense) and not m.built]
 
     def count_params(self):
         """The number of parameter values (Keras's ``model.count_params()``)."""
@@ -133,7 +167,9 @@ class Sequential(_Container):
         Args:
             optimizer: ``"sgd"`` (SGD, lr 0.01, as Keras), ``"adam"`` (Adam, lr 0.001,
                 eps 1e-7, as Keras; nnx adds eps after the bias correction as PyTorch does),
-                or an ``nnx.optim`` optimizer built on ``model.parameters()``.
+                or an ``nnx.optim`` optimizer built on ``model.parameters()`` after the model
+                is built: it must hold every trainable parameter (ValueError naming the layers
+                whose parameters it lacks, which would otherwise never train).
             loss: ``"mse"``, ``"mae"``, ``"binary_crossentropy"``, ``"categorical_crossentropy"``
                 (one-hot targets), ``"sparse_categorical_crossentropy"`` (integer labels), or a
                 loss module / callable ``f(output, target) -> Tensor`` such as
@@ -156,7 +192,12 @@ class Sequential(_Container):
         params = list(self.parameters())
         if not params:
             raise ValueError("compile: the model has no parameters; add layers first")
-        st = make_setup(params, optimizer, loss, metrics)
+        layer_of = {}
+        for name, m in self.named_children():
+            label = f"{name} {type(m).__name__}" + (f"({m.units})" if isinstance(m, Dense) else "")
+            for p in m.parameters():
+                layer_of.setdefault(id(p), label)
+        st = make_setup(params, optimizer, loss, metrics, layer_of)
         self._metrics_for(st, self._logits_head(st)[1])  # validate metric/loss combinations now
         object.__setattr__(self, "_keras", st)
         object.__setattr__(self, "optimizer", st.optimizer)
@@ -321,24 +362,43 @@ class Sequential(_Container):
         return self.predict(x, batch_size=max(1, len(x)))
 
     # ------------------------------------------------------------------ weights
+    def _kernels(self):
+        """ids of the ``weight`` of each Dense in the model (Keras's kernels)."""
+        return {id(m.weight) for m in self.modules() if isinstance(m, Dense) and m.built}
+
     def get_weights(self):
-        """The parameters as host NumPy arrays, in ``state_dict`` order and layout
-        (weights are (out, in), PyTorch's layout, where Keras's kernels are (in, out))."""
-        return [np.array(p.numpy(), copy=True) for p in self.parameters()]
+        """The parameters as host NumPy arrays (copies), in Keras's order and layout: for each
+        ``Dense``, its kernel ``(in_features, units)`` (the transpose of ``weight``, as
+        Keras's ``Dense.kernel``) then its bias ``(units,)``; other layers' parameters (e.g.
+        an ``nn.Linear``, a PyTorch layer Keras does not have) as their ``state_dict`` holds
+        them, weight ``(out, in)``. ``state_dict()`` keeps PyTorch's layout for every layer,
+        ``(out, in)`` for a Dense's weight too."""
+        kernels = self._kernels()
+        return [np.ascontiguousarray(p.numpy().T) if id(p) in kernels
+                else np.array(p.numpy(), copy=True) for p in self.parameters()]
 
     def set_weights(self, weights):
-        """Copy ``weights`` (as ``get_weights`` gives) into the parameters, in place."""
+        """Copy ``weights`` (in ``get_weights``'s order and layout: a Dense's kernel
+        ``(in_features, units)`` as Keras) into the parameters, in place; nothing changes
+        unless every shape fits."""
         params = list(self.parameters())
+        kernels = self._kernels()
         weights = list(weights)
         if len(weights) != len(params):
             raise ValueError(f"set_weights: {len(weights)} arrays given, the model has "
                              f"{len(params)} parameters")
         for i, (p, w) in enumerate(zip(params, weights)):
-            if tuple(np.shape(w)) != p.shape:
+            want = p.shape[::-1] if id(p) in kernels else p.shape
+            if tuple(np.shape(w)) != tuple(want):
+                what = " (a Dense kernel, (in_features, units) as in Keras)" \
+                    if id(p) in kernels else ""
                 raise ShapeError(f"set_weights: array {i} has shape {tuple(np.shape(w))}, "
-                                 f"parameter {i} has {p.shape}")
+                                 f"parameter {i}{what} has {tuple(want)}")
         for p, w in zip(params, weights):
-            p.data[...] = p._backend.asarray(to_host(w, p.dtype))
+            host = to_host(w, p.dtype)
+            if id(p) in kernels:
+                host = np.ascontiguousarray(np.asarray(host).T)
+            p.data[...] = p._backend.asarray(host)
 
     # ------------------------------------------------------------------ architecture as data
     def get_config(self):
@@ -368,7 +428,12 @@ class Sequential(_Container):
     def save(self, path, extra=None):
         """Write the architecture (as data) and the weights to ``path`` through ``nnx.save``;
         ``extra`` is a dict of anything ``nnx.save`` stores (e.g. preprocessing statistics).
-        Reload with ``nnx.load_model(path)``. Nothing is pickled."""
+        Reload with ``nnx.load_model(path)``. Nothing is pickled.
+
+        ``path`` must end in ``.npz`` or ``.nnx`` (nnx's format, an ``.npz`` archive): a
+        ValueError names them for any other name (``.keras``, ``.h5``, ...), and nothing is
+        written."""
+        path = check_save_path(path, "save")
         serialization.save({"format": FORMAT, "config": self.get_config(),
                             "state_dict": self.state_dict(), "extra": dict(extra or {})}, path)
 
@@ -376,17 +441,18 @@ class Sequential(_Container):
     def summary(self, print_fn=None):
         """Print a table of the layers, their output shapes and parameter counts."""
         rows = [("Layer (type)", "Output Shape", "Param #")]
-        feats = None
+        shape = None
         total = trainable = 0
         for name, m in self.named_children():
             n = sum(p.size for p in m.parameters())
             total += n
             trainable += sum(p.size for p in m.parameters() if p.requires_grad)
-            feats = m.output_features(feats)
+            shape = m.output_shape(shape)
             label = type(m).__name__
             if getattr(m, "activation", None) not in (None, "linear") and hasattr(m, "units"):
                 label += f" ({m.activation})"
-            rows.append((f"{name} {label}", f"(None, {feats})" if feats else "?", f"{n:,}"))
+            dims = "?" if not shape else ", ".join(str(d) for d in (None,) + tuple(shape))
+            rows.append((f"{name} {label}", dims if dims == "?" else f"({dims})", f"{n:,}"))
         w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
         line = "=" * sum(w)
         out = [line]

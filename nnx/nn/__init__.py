@@ -7,10 +7,12 @@
 from . import activation, config, init
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .container import Sequential
+from .inputs import Input
 from .layers import Dropout, Flatten, Identity, Linear, LogSoftmax, Softmax
-from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss,
+                   SmoothL1Loss)
 from .module import Module, Parameter
 
 __all__ = ["init", "Module", "Parameter", "Sequential", "Linear", "Dense", "Sigmoid", "Tanh",
-           "ReLU", "LeakyReLU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Identity", "MSELoss",
-           "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss"]
+           "ReLU", "LeakyReLU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Identity", "Input",
+           "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss", "L1Loss", "HuberLoss", "SmoothL1Loss"]

@@ -32,8 +32,8 @@ class _ActivationModule(Module):
     def forward(self, x):
         return A.activation(x, self.entry.name)
 
-    def output_features(self, in_features):
-        return in_features
+    def output_shape(self, input_shape):
+        return input_shape
 
 
 ActivationModule = _ActivationModule  # (a private class name: no entry in the layer table)

@@ -61,12 +61,12 @@ class Sequential(Module):
         return self
 
     # ------------------------------------------------------------------ shapes and configs
-    def output_features(self, in_features):
-        """The children's ``output_features`` folded in order: the size of the last axis the
-        chain outputs for an input whose last axis has ``in_features`` entries (or None)."""
+    def output_shape(self, input_shape):
+        """The children's ``output_shape`` folded in order: the per-sample shape the chain
+        outputs for an input of per-sample shape ``input_shape`` (or None)."""
         for m in self:
-            in_features = m.output_features(in_features)
-        return in_features
+            input_shape = m.output_shape(input_shape)
+        return input_shape
 
     def get_config(self):
         """``{"class": "Sequential", "layers": [each child's get_config()]}``."""

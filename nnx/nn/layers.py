@@ -2,7 +2,7 @@
 
 Each layer states its own config (``get_config`` / ``from_config``; the generic ones of
 ``Module`` where the constructor arguments are plain attributes, see ``nnx.nn.config``) and the
-size of its output's last axis (``output_features``). The ``Sequential`` container is in
+per-sample shape of its output (``output_shape``, the batch axis left out, as in Keras). The ``Sequential`` container is in
 ``nnx.nn.container``.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .. import _config
 from .. import functional as F
 from . import init
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: F401  (importable from here too)
+from ..errors import CheckpointError
 from .config import class_name, config_arg
 from .module import Module, Parameter
 
@@ -67,9 +68,9 @@ class Linear(Module):
         p = self._parameters
         return F.linear(x, p["weight"], p["bias"], activation, negative_slope, self._label)
 
-    def output_features(self, in_features):
-        """``out_features``, whatever the input size."""
-        return self.out_features
+    def output_shape(self, input_shape):
+        """``input_shape[:-1] + (out_features,)``; ``(out_features,)`` for an unknown input."""
+        return tuple(input_shape or ())[:-1] + (self.out_features,)
 
     def get_config(self):
         """``{"class": "Linear", "in_features": int, "out_features": int, "bias": bool}``."""
@@ -95,8 +96,8 @@ class _OverAxis(Module):
         super().__init__()
         self.axis = dim if dim is not None else axis
 
-    def output_features(self, in_features):
-        return in_features
+    def output_shape(self, input_shape):
+        return input_shape
 
     def extra_repr(self):
         return f"axis={self.axis}"
@@ -122,8 +123,8 @@ class Identity(Module):
     def forward(self, x):
         return x
 
-    def output_features(self, in_features):
-        return in_features
+    def output_shape(self, input_shape):
+        return input_shape
 
 
 class Dropout(Module):
@@ -138,8 +139,8 @@ class Dropout(Module):
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
 
-    def output_features(self, in_features):
-        return in_features
+    def output_shape(self, input_shape):
+        return input_shape
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -147,16 +148,77 @@ class Dropout(Module):
 
 class Flatten(Module):
     """Merges the axes ``start_dim`` .. ``end_dim`` into one: (N, C, H, W) -> (N, C*H*W) with
-    the defaults."""
+    the defaults. The axes count the batch axis, as in PyTorch.
 
-    def __init__(self, start_dim=1, end_dim=-1):
+    ``input_shape`` (keyword only, Keras's): the per-sample shape of the model's input when
+    this is its first layer, e.g. ``Flatten(input_shape=(28, 28))``, so that a ``Dense`` after
+    it knows its input size (784)."""
+
+    def __init__(self, start_dim=1, end_dim=-1, *, input_shape=None):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
+        self.input_shape = _per_sample_shape(input_shape, "Flatten")
 
     def forward(self, x):
         return x.flatten(self.start_dim, self.end_dim)
 
-    def output_features(self, in_features):
-        """None: the merged size depends on axes other than the last, which the size of the
-        last axis alone does not tell."""
+    def output_shape(self, input_shape):
+        """The merged axes' product in place of them, when they are all known; None when the
+        input's shape is unknown (and ``input_shape`` was not given) or ``start_dim`` is the
+        batch axis."""
+        if input_shape is None:
+            input_shape = self.input_shape
+        if input_shape is None:
+            return None
+        shape, ndim = tuple(input_shape), len(input_shape) + 1  # with the batch axis
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not 1 <= start <= end < ndim:  # the batch axis merged (or axes out of range)
+            return None
+        merged = shape[start - 1:end]
+        size = None if any(d is None for d in merged) else math.prod(merged)
+        return shape[:start - 1] + (size,) + shape[end:]
+
+    def get_config(self):
+        """``{"class": "Flatten", "start_dim": int, "end_dim": int}``, plus ``"input_shape"``
+        (a list) when one was given."""
+        cfg = {"class": class_name(self), "start_dim": self.start_dim, "end_dim": self.end_dim}
+        if self.input_shape is not None:
+            cfg["input_shape"] = list(self.input_shape)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config, device=None, dtype=None):
+        """A ``Flatten`` of ``get_config``'s axes (and ``input_shape``, when the config has
+        one)."""
+        return cls(config_arg(config, "start_dim", (int,), 1),
+                   config_arg(config, "end_dim", (int,), -1),
+                   input_shape=_config_shape(config))
+
+    def extra_repr(self):
+        s = f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+        return s if self.input_shape is None else s + f", input_shape={self.input_shape}"
+
+
+def _per_sample_shape(shape, who):
+    """``shape`` (Keras's ``input_shape=``: a tuple or list of positive ints or None, the batch
+    axis left out) as a tuple, or None; ValueError for anything else."""
+    if shape is None:
         return None
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not shape or any(
+            d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1)
+            for d in shape):
+        raise ValueError(f"{who}: input_shape must be a tuple of positive ints (the shape of one "
+                         f"sample, without the batch axis), e.g. (28, 28); got {shape!r}")
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _config_shape(config):
+    """The ``"input_shape"`` entry of a layer config as a tuple (None when absent)."""
+    shape = config_arg(config, "input_shape", (list, tuple, type(None)))
+    try:
+        return _per_sample_shape(shape, config.get("class"))
+    except ValueError as e:
+        raise CheckpointError(f"layer config {config.get('class')!r}: {e}") from None

@@ -414,20 +414,35 @@ class Module(DeviceDtypeShorthands):
         super().__init_subclass__(**kwargs)
         _layer_config.register(cls)
 
-    def output_features(self, in_features):
-        """The size of the last axis of this module's output, for an input whose last axis
-        has ``in_features`` entries (an int, or None when not known); None when it cannot be
-        told without running the module. A Keras ``Dense`` without ``input_dim`` takes its
-        input size from this answer of the layers before it.
+    def output_shape(self, input_shape):
+        """The per-sample shape of this module's output (the batch axis left out, as in
+        Keras: ``(28, 28)`` for a batch of MNIST images) for an input of per-sample shape
+        ``input_shape``: a tuple whose entries may be None where unknown, or None when the
+        whole shape is unknown. Returns None when it cannot be told without running the
+        module. A Keras ``Dense`` without ``input_dim`` takes its input size from the last
+        entry of this answer of the layers before it.
 
-        Default: ``out_features`` when the module has that attribute; the size unchanged for
-        an element-wise activation (a class declaring ``fused_activation``, as ``nn.ReLU``);
-        else None. Layers override it (``Dropout`` keeps the size, ``Flatten`` says None).
-        """
+        Default: ``input_shape[:-1] + (out_features,)`` when the module has ``out_features``
+        (``(out_features,)`` for an unknown input); the shape unchanged for an element-wise
+        activation (a class declaring ``fused_activation``, as ``nn.ReLU``); the older
+        ``output_features`` answer on the last axis for a class that overrides that method
+        instead; else None. Layers override it (``Dropout`` keeps the shape, ``Flatten``
+        merges axes)."""
+        cls = type(self)
+        if cls.output_features is not Module.output_features:  # a layer written for the older API
+            out = self.output_features(input_shape[-1] if input_shape else None)
+            return None if out is None else tuple(input_shape or ())[:-1] + (out,)
         out = getattr(self, "out_features", None)
         if out is not None:
-            return out
-        return in_features if hasattr(type(self), "fused_activation") else None
+            return tuple(input_shape or ())[:-1] + (out,)
+        return input_shape if hasattr(cls, "fused_activation") else None
+
+    def output_features(self, in_features):
+        """The size of the last axis of :meth:`output_shape` for a 1-D per-sample input of
+        ``in_features`` entries (an int, or None when not known); None when not known. Kept for
+        callers of the older API; layers define ``output_shape``."""
+        shape = self.output_shape(None if in_features is None else (in_features,))
+        return None if not shape else shape[-1]
 
     def get_config(self):
         """This layer as JSON-able data: ``{"class": name, <constructor argument>: value}``.
