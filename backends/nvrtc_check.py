@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m backends.nvrtc_check [--arch sm_80 sm_90] [--allow-missing] [--quiet]
+    python -m nnx.backends.nvrtc_check [--arch sm_80 sm_90] [--allow-missing] [--quiet]
 
 Each module of ``cuda_kernels.SOURCES`` is compiled by the NVRTC library CuPy loads at run time
 (``cupy_backends.cuda.libs.nvrtc``), with the options CuPy's ``RawModule`` uses, to real SASS
@@ -31,7 +31,7 @@ import re
 import sys
 import time
 
-from backends import cuda_kernels
+from . import cuda_kernels
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
@@ -195,7 +195,7 @@ def format_table(results: list[ModuleResult]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backends.nvrtc_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m nnx.backends.nvrtc_check", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHS),
                     help="real architectures to build SASS for (default: sm_80 sm_90)")
     ap.add_argument("--allow-missing", action="store_true",

@@ -1,4 +1,4 @@
-"""nnx's benchmark suite (issue 5): ``python -m benchmarks [--quick]`` or ``nnx bench``.
+"""nnx's benchmark suite (issue 5): ``python -m nnx.benchmarks [--quick]`` or ``nnx bench``.
 
 Workloads (``workloads.py``) run as full float32 training steps by each contender
 (``contenders.py``: the hand-written NumPy floor of ``floor.py``, nnx on each device, PyTorch
@@ -12,7 +12,7 @@ Importing this package is cheap: NumPy, torch and nnx are imported only when a r
 
 
 def main(argv=None) -> int:
-    """Run the suite (``argv`` as for ``python -m benchmarks``); returns the exit status."""
+    """Run the suite (``argv`` as for ``python -m nnx.benchmarks``); returns the exit status."""
     from .cli import main as _main
     return _main(argv)
 

@@ -1,4 +1,4 @@
-"""``python -m benchmarks`` / ``nnx bench``: run the suite, print the table, write JSON and PNG."""
+"""``python -m nnx.benchmarks`` / ``nnx bench``: run the suite, print the table, write JSON and PNG."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ PHASE_WEIGHTS = {"A": 1.0, "B": 1.2, "C": 3.0, "B-adam": 1.0, "C-adam": 2.0, "me
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog="python -m nnx.benchmarks",
         description="nnx benchmark suite: nnx vs a hand-written NumPy floor vs PyTorch eager, "
                     "interleaved, with load accounting (issue 5).")
     ap.add_argument("--quick", action="store_true",

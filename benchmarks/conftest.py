@@ -2,7 +2,7 @@
 
 These files are outside the project's ``testpaths`` (``tests``), so a plain ``pytest`` never
 collects them.  Threads: ``NNX_BENCH_THREADS=N`` sets BLAS and torch threads (default: the
-libraries' own defaults).  The interleaved, load-aware runner is ``python -m benchmarks``; this
+libraries' own defaults).  The interleaved, load-aware runner is ``python -m nnx.benchmarks``; this
 suite is for pytest-benchmark's own statistics, comparisons and ``--benchmark-save``.
 """
 import os

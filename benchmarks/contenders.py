@@ -31,7 +31,7 @@ class Skip(Exception):
 def _cuda_probe():
     """(usable, reason) from nnx's cached CUDA probe (a child process that cannot hang us)."""
     try:
-        from backends.cuda_probe import probe_cuda
+        from nnx.backends.cuda_probe import probe_cuda
     except Exception:
         return None
     try:
@@ -300,7 +300,7 @@ class NnxContender(ModelContender):
         self._assemble(nnx.nn, nnx.optim, model, [(nnx.tensor(x), nnx.tensor(y)) for x, y in batches])
         self._backend = None
         try:
-            backends = importlib.import_module("backends")
+            backends = importlib.import_module("nnx.backends")
             self._backend = backends.get_backend("cuda" if device == "cuda" else "cpu")
         except Exception:
             pass

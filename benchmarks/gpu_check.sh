@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks for nnx: the GPU test suite (pytest -m gpu tests/) and the GPU benchmark
-# (nnx-cuda vs torch-cuda vs a CuPy floor, python -m benchmarks --device cuda --quick).
+# (nnx-cuda vs torch-cuda vs a CuPy floor, python -m nnx.benchmarks --device cuda --quick).
 #
 # Without a usable GPU (no CuPy, no driver, no device, or the probe modules missing) it prints
 # "no GPU: skipped" and exits 0. With one, the benchmark JSON and PNG go to benchmarks/results/
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-probe=$("$PY" -c 'import backends.cuda_probe as p; print(p.probe_cuda())' 2>/dev/null) || probe=""
+probe=$("$PY" -c 'import nnx.backends.cuda_probe as p; print(p.probe_cuda())' 2>/dev/null) || probe=""
 case "$probe" in
     "(True,"*) ;;
     *)
@@ -45,9 +45,9 @@ elif [ "$t_rc" -ne 0 ]; then
     rc=$t_rc
 fi
 
-echo "== GPU benchmark: python -m benchmarks --device cuda --quick"
+echo "== GPU benchmark: python -m nnx.benchmarks --device cuda --quick"
 stamp=$(mktemp)
-"$PY" -m benchmarks --device cuda --quick --out "$results" ${BENCH_ARGS:-} 2>&1 \
+"$PY" -m nnx.benchmarks --device cuda --quick --out "$results" ${BENCH_ARGS:-} 2>&1 \
     | tee "$log_dir/gpu-bench.log"
 b_rc=${PIPESTATUS[0]}
 [ "$b_rc" -ne 0 ] && [ "$rc" -eq 0 ] && rc=$b_rc

@@ -1,7 +1,7 @@
 """Peak RSS and per-step allocation growth, one contender per fresh subprocess.
 
 Peak RSS (``ru_maxrss``) is a per-process high-water mark, so each contender is measured in a
-process of its own that imports only what it needs: ``python -m benchmarks.memory --workload C
+process of its own that imports only what it needs: ``python -m nnx.benchmarks.memory --workload C
 --contender nnx``.  The child reports, as one JSON line:
 
 * ``rss_import``: RSS after the imports, before data and model exist (the interpreter baseline);
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import importlib
 import os
 import resource
 import subprocess
@@ -32,7 +33,9 @@ import sys
 import time
 from typing import Dict, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder holding the ``nnx`` package (the checkout's root, or site-packages when installed):
+# the child runs ``python -m nnx.benchmarks.memory`` from there.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module("nnx").__file__)))
 
 
 def _rss() -> int:
@@ -157,7 +160,7 @@ def measure(workload: str, contender: str, device: str = "cpu", threads: int = 1
     """Run :func:`child` in a fresh interpreter; its JSON result, or ``{"error": ...}``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--workload", workload, "--contender",
+    cmd = [sys.executable, "-m", "nnx.benchmarks.memory", "--workload", workload, "--contender",
            contender, "--device", device, "--threads", str(threads), "--steps", str(steps),
            "--traced-steps", str(traced_steps)]
     try:
@@ -172,7 +175,7 @@ def measure(workload: str, contender: str, device: str = "cpu", threads: int = 1
 
 
 def _main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    ap = argparse.ArgumentParser(prog="python -m nnx.benchmarks.memory")
     ap.add_argument("--workload", required=True)
     ap.add_argument("--contender", required=True)
     ap.add_argument("--device", default="cpu")

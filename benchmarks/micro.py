@@ -168,7 +168,7 @@ def run(device: str = "cpu", quick: bool = True, threads: int = 1, rounds: Optio
     skipped: Dict[str, str] = {}
     be = None
     try:
-        import backends
+        from nnx import backends
         be = backends.get_backend("cpu" if device == "cpu" else "cuda")
         missing = [k for k in ("sigmoid_fwd", "sigmoid_bwd", "softmax_cross_entropy",
                                "sgd_update_", "adam_update_") if not hasattr(be, k)]

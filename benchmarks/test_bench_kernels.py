@@ -5,8 +5,8 @@
 import numpy as np
 import pytest
 
-from benchmarks import micro
-from benchmarks.conftest import DEVICES
+from nnx.benchmarks import micro
+from nnx.benchmarks.conftest import DEVICES
 
 CASES = [(k, label, shape) for k, sizes in micro.SIZES.items() for label, shape in sizes]
 
@@ -15,7 +15,7 @@ def _setup(device, use_torch):
     if device == "cpu":
         xp, sync = np, (lambda: None)
     else:
-        from benchmarks.contenders import Skip, _cupy
+        from nnx.benchmarks.contenders import Skip, _cupy
         try:
             xp = _cupy()
         except Skip as e:
@@ -23,7 +23,7 @@ def _setup(device, use_torch):
         sync = xp.cuda.Device().synchronize
     be = None
     try:
-        import backends
+        from nnx import backends
         be = backends.get_backend(device)
     except Exception:
         pass

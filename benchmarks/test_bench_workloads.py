@@ -5,9 +5,9 @@ why.  Each round is one step followed by a device sync; two untimed steps warm u
 """
 import pytest
 
-from benchmarks import contenders as C
-from benchmarks import workloads as W
-from benchmarks.conftest import DEVICES
+from nnx.benchmarks import contenders as C
+from nnx.benchmarks import workloads as W
+from nnx.benchmarks.conftest import DEVICES
 
 WORKLOADS = ["A", "B", "C", "B-adam", "C-adam"]
 

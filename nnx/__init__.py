@@ -10,6 +10,20 @@ Quick tour::
     model = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 1), nn.Sigmoid())
     opt = optim.Adam(model.parameters(), lr=0.01)
 """
+import os as _os
+
+# NOTE: installed (pip install), the array backends and the benchmark suite are the subpackages
+# nnx.backends and nnx.benchmarks. In a source checkout they are the folders backends/ and
+# benchmarks/ beside nnx/ (the layout shows the architecture): there the checkout's root is
+# searched for nnx's subpackages too, so the same names resolve. Nothing installs a top-level
+# "backends" or "benchmarks" package.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_root = _os.path.dirname(_here)
+if not _os.path.isdir(_os.path.join(_here, "backends")) \
+        and _os.path.isfile(_os.path.join(_root, "backends", "base.py")):
+    __path__.append(_root)
+del _here, _root
+
 from . import _config
 from ._config import (cuda_available, detect_anomaly, device, enable_grad, get_default_dtype,
                       get_device, inference_mode, is_anomaly_enabled, is_grad_enabled, manual_seed,

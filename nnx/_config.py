@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-import backends
+from . import backends
 from .errors import DeviceError, OutOfMemoryError
 
 

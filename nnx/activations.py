@@ -7,7 +7,7 @@ fused instead (``nnx.functional.LinearChain``), through the same entry.
 """
 from __future__ import annotations
 
-from backends import activations as _table
+from .backends import activations as _table
 
 from . import _config
 from .autograd import Function

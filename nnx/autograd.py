@@ -13,7 +13,7 @@ import itertools
 
 import numpy as np
 
-import backends
+from . import backends
 from . import _config
 from .errors import AnomalyError, DeviceError, GraphError
 

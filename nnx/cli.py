@@ -81,7 +81,7 @@ def _hidden(s):
 
 
 def _device(s):
-    import backends
+    from . import backends
 
     try:
         return backends.parse_device(s)
@@ -200,7 +200,7 @@ def _cupy_version():
 
 
 def cmd_info(args):
-    import backends
+    from . import backends
     import nnx
 
     print(f"nnx {nnx.__version__}")
@@ -213,7 +213,7 @@ def cmd_info(args):
     ok, why = backends.cuda_status()
     if ok:
         try:
-            from backends.cupy_backend import cuda_versions
+            from .backends.cupy_backend import cuda_versions
 
             rt, drv = cuda_versions()
             print(f"CUDA runtime {rt // 1000}.{rt % 1000 // 10}, driver {drv // 1000}."
@@ -233,7 +233,7 @@ def cmd_info(args):
 
 def _gpu_name(dev):
     try:
-        from backends.cupy_backend import device_description
+        from .backends.cupy_backend import device_description
 
         return device_description(int(dev.split(":")[1]))
     except Exception:  # noqa: BLE001
@@ -427,7 +427,7 @@ def cmd_predict(args):
 
 def cmd_bench(argv):
     try:
-        import benchmarks
+        from . import benchmarks
     except ImportError as e:
         raise CLIError(f"the benchmark suite is not available ({e}); it ships in the source "
                        f"tree: run 'nnx bench' from a checkout of nnx") from None

@@ -119,7 +119,7 @@ def _to_tensor(array, device):
 
 def _device_backend(device):
     """``(device string, backend)`` for ``device``; None means ``nnx.get_device()`` now."""
-    from backends import get_backend
+    from .backends import get_backend
 
     if device is None:
         device = _config.get_device()

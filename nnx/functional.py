@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import activations as _table
-from backends.base import check_reduction
-from backends.scalars import scalar as _c
+from .backends import activations as _table
+from .backends.base import check_reduction
+from .backends.scalars import scalar as _c
 
 from .activations import activation, float_input as _float_input, leaky_relu, relu, sigmoid, tanh
 from .autograd import Function

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 
 

@@ -35,7 +35,7 @@ import types
 
 import numpy as np
 
-from backends import cuda_kernels as ck
+from nnx.backends import cuda_kernels as ck
 
 _SHIM = r"""
 #include <math.h>
@@ -379,7 +379,7 @@ def emulated_backend():
     clear_kernel_caches()
     sys.modules["cupy"] = fake_cupy()
     try:
-        from backends.cupy_backend import CupyBackend
+        from nnx.backends.cupy_backend import CupyBackend
 
         yield CupyBackend(0)
     finally:

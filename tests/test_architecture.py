@@ -143,6 +143,16 @@ def _in_package(name: str, top: str) -> bool:
     return name == top or name.startswith(top + ".")
 
 
+# The repository's backends/ and benchmarks/ folders install as nnx.backends and nnx.benchmarks:
+# subpackages of nnx by name, but outside the nnx/ tree (backends/ imports nothing from nnx, see
+# below), so imports of them are not edges between nnx/'s modules.
+SIBLINGS = ("nnx.backends", "nnx.benchmarks")
+
+
+def _sibling(name: str) -> bool:
+    return any(_in_package(name, s) for s in SIBLINGS)
+
+
 def import_graph(top: Path = NNX):
     """``{module: {imported module: [line, ...]}}`` between the modules below ``top``."""
     modules = _modules_under(top)
@@ -150,13 +160,14 @@ def import_graph(top: Path = NNX):
     graph: dict[str, dict[str, list[int]]] = {m: defaultdict(list) for m in modules}
     for module, path in modules.items():
         for line, target, names in raw_imports(path, module):
-            if not _in_package(target, top_name):
+            if not _in_package(target, top_name) or _sibling(target):
                 continue
             targets = []
             if names:
                 for n in names:
                     sub = f"{target}.{n}"
-                    targets.append(sub if sub in modules else target)
+                    if not _sibling(sub):
+                        targets.append(sub if sub in modules else target)
             else:
                 targets.append(target)
             for t in targets:
@@ -296,21 +307,23 @@ def _first_party_packages():
 
 
 # The one sanctioned exception: ``nnx bench`` (the command line, an entry point above the library)
-# hands its arguments to the benchmark suite when the source tree has it.
-_ALLOWED_FIRST_PARTY = {("nnx.cli", "benchmarks")}
+# hands its arguments to the benchmark suite.
+_ALLOWED_FIRST_PARTY = {("nnx.cli", "nnx.benchmarks")}
 
 
 def test_nnx_is_written_only_against_backends():
-    """Of this repository's own packages, nnx/ imports only nnx and backends (no tests/, no
-    benchmarks/), but for the ``nnx bench`` entry point."""
-    others = [p for p in _first_party_packages() if p not in ("nnx", "backends")]
+    """Of this repository's own packages, nnx/ imports only nnx and its backends (nnx.backends;
+    no tests/, no benchmarks/, nothing by the folders' top-level names), but for the
+    ``nnx bench`` entry point."""
+    others = [p for p in _first_party_packages() if p != "nnx"] + ["nnx.benchmarks", "nnx.tests"]
     offenders = []
     for module, path in _modules_under(NNX).items():
-        for line, target, _ in raw_imports(path, module):
-            if (module, target) in _ALLOWED_FIRST_PARTY:
-                continue
-            if target and any(_in_package(target, o) for o in others):
-                offenders.append(f"{path.relative_to(ROOT)}:{line}: imports {target}")
+        for line, target, names in raw_imports(path, module):
+            for t in [target] + [f"{target}.{n}" for n in names]:
+                if (module, t) in _ALLOWED_FIRST_PARTY:
+                    continue
+                if t and any(_in_package(t, o) for o in others):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: imports {t}")
     assert not offenders, "\n".join(offenders)
 
 

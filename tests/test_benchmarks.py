@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-import backends
-from benchmarks import contenders as C
-from benchmarks import report, timing
-from benchmarks import workloads as W
-from benchmarks.floor import FloorMLP
+from nnx import backends
+from nnx.benchmarks import contenders as C
+from nnx.benchmarks import report, timing
+from nnx.benchmarks import workloads as W
+from nnx.benchmarks.floor import FloorMLP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_OK, CUDA_WHY = backends.cuda_status()
@@ -319,7 +319,7 @@ def test_check_bars():
 
 
 def test_memory_child_reports_peak_and_growth():
-    from benchmarks import memory
+    from nnx.benchmarks import memory
     m = memory.measure("C@128", "floor", "cpu", threads=1, steps=1, traced_steps=1, timeout=120)
     assert "error" not in m, m
     assert m["peak_rss"] >= m["rss_import"] > 0
@@ -328,7 +328,7 @@ def test_memory_child_reports_peak_and_growth():
 
 def test_main_smoke_writes_report(tmp_path, capsys):
     """Every code path of ``python -m benchmarks`` in seconds; the table is printed last."""
-    from benchmarks import main
+    from nnx.benchmarks import main
     rc = main(["--smoke", "--workloads", "A,C", "--no-memory", "--out", str(tmp_path),
                "--name", "smoke"])
     assert rc == 0
@@ -375,7 +375,7 @@ def test_gpu_check_script_skips_without_gpu():
 @pytest.mark.parametrize("kernel", list(__import__("benchmarks.micro").micro.SIZES))
 def test_micro_variants_run_and_agree(kernel):
     """Every micro-benchmark variant runs; fused and unfused compute the same thing."""
-    from benchmarks import micro
+    from nnx.benchmarks import micro
     torch = pytest.importorskip("torch")
     label, shape = micro.SIZES[kernel][0]
     fns = micro._variants(kernel, shape, backends.get_backend("cpu"), np, torch, "cpu")

@@ -221,6 +221,7 @@ def test_main_in_process(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "nope"])
     assert e.value.code == 2
-    monkeypatch.setitem(sys.modules, "benchmarks", None)  # as if the suite were not shipped
+    monkeypatch.setitem(sys.modules, "nnx.benchmarks", None)  # as if the suite were not shipped
+    monkeypatch.delattr(nnx, "benchmarks", raising=False)
     assert cli.main(["bench", "--quick"]) == 1
     assert "benchmark suite is not available" in capsys.readouterr().err

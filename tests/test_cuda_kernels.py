@@ -20,9 +20,9 @@ import sys
 import numpy as np
 import pytest
 
-from backends import cuda_kernels as ck
-from backends import nvrtc_check
-from backends.cuda_probe import probe_cuda
+from nnx.backends import cuda_kernels as ck
+from nnx.backends import nvrtc_check
+from nnx.backends.cuda_probe import probe_cuda
 
 try:
     from tests import cuda_emu
@@ -55,15 +55,15 @@ def bits(a):
 
 @pytest.fixture(scope="module")
 def nb():
-    from backends.numpy_backend import NumpyBackend
+    from nnx.backends.numpy_backend import NumpyBackend
 
     return NumpyBackend()
 
 
 # ============================================================================ CPU-only checks
 def test_importing_cuda_modules_never_imports_cupy():
-    code = ("import sys; import backends.cuda_kernels, backends.cupy_backend, "
-            "backends.cuda_probe, backends.nvrtc_check; "
+    code = ("import sys; import nnx.backends.cuda_kernels, nnx.backends.cupy_backend, "
+            "nnx.backends.cuda_probe, nnx.backends.nvrtc_check; "
             "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -174,7 +174,7 @@ def _real_backend():
     ok, why = probe_cuda()
     if not ok:
         pytest.skip(f"no usable CUDA device: {why}")
-    from backends.cupy_backend import CupyBackend
+    from nnx.backends.cupy_backend import CupyBackend
 
     return CupyBackend(0)
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
 from nnx import nn
@@ -34,7 +34,7 @@ def emu():
     cuda_emu.clear_kernel_caches()
     sys.modules["cupy"] = fake
     try:
-        from backends.cupy_backend import CupyBackend
+        from nnx.backends.cupy_backend import CupyBackend
 
         backends.register_backend("emu", CupyBackend(0))
         yield "emu"

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
 from nnx import nn, optim

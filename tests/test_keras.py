@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
 from nnx import callbacks, nn, optim
@@ -544,7 +544,7 @@ def test_custom_callback_can_stop_training():
 def test_fit_syncs_with_the_host_once_per_epoch():
     """On the strict backend (NumPy counting host syncs as a GPU would have them), an epoch of
     many batches plus validation makes exactly one host sync; evaluate and predict one each."""
-    from backends import strict_backend as sb
+    from nnx.backends import strict_backend as sb
 
     backends.register_strict()
     nnx.set_device("strict")
@@ -628,7 +628,7 @@ class _Custom(nn.Module):
 def test_deferred_device_input_checks_raise_at_the_epoch_sync():
     """On a device backend a loss checks its inputs without a sync (a flag on the device);
     fit reads those flags in the epoch's one transfer and raises the loss's own error."""
-    from backends import strict_backend as sb
+    from nnx.backends import strict_backend as sb
 
     backends.register_strict()
     nnx.set_device("strict")

@@ -207,7 +207,7 @@ def test_predict_proba_columns_line_up(xor_model, tmp_path, capsys):
 
 
 def test_bench_writes_into_the_current_folder_or_out(monkeypatch, tmp_path):
-    import benchmarks
+    from nnx import benchmarks
 
     seen = []
     monkeypatch.setattr(benchmarks, "main", lambda argv: seen.append(list(argv)) or 0)

@@ -3,7 +3,7 @@ against the reference rules, and a new optimizer written from its reference rule
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
 from nnx import nn, optim
@@ -330,7 +330,7 @@ def test_state_dict_round_trip_between_fused_and_reference(case):
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_reference_rule_makes_no_host_sync_on_the_strict_backend(opt_name):
-    from backends import strict_backend as sb
+    from nnx.backends import strict_backend as sb
 
     backends.register_strict()
     nnx.set_device("strict")

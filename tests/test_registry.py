@@ -10,12 +10,12 @@ the twin; NVRTC in CI compiles the same generated source).
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
-from backends import activations as table
-from backends import cuda_kernels as ck
-from backends import strict_backend as sb
+from nnx.backends import activations as table
+from nnx.backends import cuda_kernels as ck
+from nnx.backends import strict_backend as sb
 from nnx import nn
 from nnx.testing import gradcheck
 

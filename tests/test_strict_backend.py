@@ -6,10 +6,10 @@ calls on its arrays and counts host synchronizations, as a CUDA device would mak
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
-from backends import strict_backend as sb
+from nnx.backends import strict_backend as sb
 from nnx import nn, optim
 
 

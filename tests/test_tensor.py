@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import backends
+from nnx import backends
 import nnx
 import nnx.functional as F
 from nnx import nn

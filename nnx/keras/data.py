@@ -35,7 +35,7 @@ def as_backend_array(a, backend, dtype=None, name="x"):
             arr = backend.asarray(src.to_host(arr)) if "numpy" in (src.name, backend.name) \
                 else backend.asarray(arr)
     elif hasattr(a, "__cuda_array_interface__") and type(a).__module__.split(".")[0] == "cupy":
-        import backends
+        from .. import backends
 
         src = backends.backend_of(a)
         arr = a if src is backend else (backend.asarray(src.to_host(a)) if backend.name == "numpy"

@@ -12,7 +12,7 @@ from .. import _config
 from .. import functional as F
 from ..nn import init
 from ..nn.config import class_name, config_arg, layer_from_config
-from backends import activations as _table
+from ..backends import activations as _table
 
 from ..nn.activation import fusable, names as activation_names
 from ..nn.layers import Linear, Softmax, _config_shape, _per_sample_shape

@@ -7,7 +7,7 @@ ReLU with a slope <= 0), so ``Sequential`` runs a ``Linear`` followed by it as o
 """
 from __future__ import annotations
 
-from backends import activations as _table
+from ..backends import activations as _table
 
 from .. import activations as A
 from .module import Module

@@ -12,7 +12,7 @@ parameter's storage moved, an activation's slope set) empties exactly the caches
 """
 from __future__ import annotations
 
-from backends import activations as _table
+from ..backends import activations as _table
 
 from .. import _config
 from ..cache import Cache
