@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _config
-from .errors import DTypeError
-from .tensor import Tensor, _wrap
+from .. import _config
+from ..errors import DTypeError
+from ..tensor import Tensor, _wrap
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -394,7 +394,7 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore state saved by ``state_dict`` (checks group sizes and state shapes first)."""
-        from .errors import CheckpointError
+        from ..errors import CheckpointError
 
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if groups is None or "state" not in state_dict:
