@@ -205,11 +205,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def adam_update_(self, param, grad, exp_avg, exp_avg_sq, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, step: int) -> None:
-        """One Adam step in place (PyTorch's rule, L2 weight decay), one pass over flat arrays.
+                     beta2: float, eps: float, weight_decay: float, step: int,
+                     max_exp_avg_sq=None, decoupled: bool = False) -> None:
+        """One Adam/AdamW step in place (PyTorch's rule), one pass over flat arrays.
 
-        g = grad + weight_decay * param; m = beta1 m + (1 - beta1) g;
-        v = beta2 v + (1 - beta2) g^2; param -= lr / (1 - beta1^step) * m /
+        decoupled (AdamW): param *= 1 - lr * weight_decay, g = grad; else (Adam, L2 decay)
+        g = grad + weight_decay * param. Then m = m + (1 - beta1) (g - m);
+        v = beta2 v + (1 - beta2) g^2; with ``max_exp_avg_sq`` (amsgrad) vmax = max(vmax, v)
+        and vmax stands for v below; param -= lr / (1 - beta1^step) * m /
         (sqrt(v) / sqrt(1 - beta2^step) + eps).
         """
 

@@ -493,7 +493,8 @@ def _softmax_ce_source(sfx: str) -> str:
 # ------------------------------------------------------------------------------ optimizers
 # One pass over flat, C-contiguous arrays of n elements. Hyperparameters derived on the host as
 # Python floats: one_minus_dampening = 1 - dampening; for Adam step_size = lr / (1 - beta1**t),
-# bc2_sqrt = sqrt(1 - beta2**t), one_minus_beta{1,2} = 1 - beta{1,2}. float16 state is rounded
+# bc2_sqrt = sqrt(1 - beta2**t), one_minus_beta{1,2} = 1 - beta{1,2}, AdamW's decay =
+# 1 - lr * weight_decay. float16 state is rounded
 # to float16 before it is used further, as PyTorch does with float16 tensors.
 _OPTIM_TEMPLATE = r"""
 // PyTorch SGD: d = g + wd*p; buf = d (first step) or momentum*buf + (1-dampening)*d;
@@ -520,24 +521,35 @@ nnx_sgd_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad, nnx_t* 
     }}
 }}
 
-// PyTorch Adam (L2 weight decay): g = g + wd*p; m = m + (1-beta1)*(g - m) (PyTorch's lerp_);
-// v = beta2*v + (1-beta2)*g*g; p = p - step_size * (m / (sqrt(v)/bc2_sqrt + eps)).
+// PyTorch Adam/AdamW: decoupled (AdamW): p = p * decay (decay = 1 - lr*wd, rounded to the
+// storage type as PyTorch's param.mul_); else g = g + wd*p (L2). m = m + (1-beta1)*(g - m)
+// (PyTorch's lerp_); v = beta2*v + (1-beta2)*g*g; amsgrad: vmax = max(vmax, v) stands for v;
+// p = p - step_size * (m / (sqrt(v)/bc2_sqrt + eps)). Without amsgrad the wrapper passes
+// exp_avg_sq as `max_exp_avg_sq` (never read or written), hence no __restrict__ on those two.
 extern "C" __global__ void __launch_bounds__({block})
 nnx_adam_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
-               nnx_t* __restrict__ exp_avg, nnx_t* __restrict__ exp_avg_sq, const nnx_i64 n,
-               const nnx_acc step_size, const nnx_acc one_minus_beta1,
+               nnx_t* __restrict__ exp_avg, nnx_t* exp_avg_sq, nnx_t* max_exp_avg_sq,
+               const nnx_i64 n, const nnx_acc step_size, const nnx_acc one_minus_beta1,
                const nnx_acc beta2, const nnx_acc one_minus_beta2, const nnx_acc bc2_sqrt,
-               const nnx_acc eps, const nnx_acc weight_decay) {{
+               const nnx_acc eps, const nnx_acc weight_decay, const nnx_acc decay,
+               const int decoupled, const int amsgrad) {{
     const nnx_i64 stride = (nnx_i64)gridDim.x * blockDim.x;
     for (nnx_i64 i = (nnx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
-        const nnx_acc p = nnx_ld(param[i]);
+        nnx_acc p = nnx_ld(param[i]);
         nnx_acc g = nnx_ld(grad[i]);
-        if (weight_decay != (nnx_acc)0) g = g + weight_decay * p;
+        if (decoupled) p = nnx_round(p * decay);
+        else if (weight_decay != (nnx_acc)0) g = g + weight_decay * p;
         const nnx_acc m0 = nnx_ld(exp_avg[i]);
         const nnx_acc m = nnx_round(m0 + one_minus_beta1 * (g - m0));
-        const nnx_acc v = nnx_round(beta2 * nnx_ld(exp_avg_sq[i]) + one_minus_beta2 * (g * g));
+        nnx_acc v = nnx_round(beta2 * nnx_ld(exp_avg_sq[i]) + one_minus_beta2 * (g * g));
         exp_avg[i] = nnx_st(m);
         exp_avg_sq[i] = nnx_st(v);
+        if (amsgrad) {{
+            const nnx_acc vmax = nnx_ld(max_exp_avg_sq[i]);
+            v = vmax > v ? vmax : v;  // torch.maximum; NaN in v propagates
+            if (v != v || vmax != vmax) v = v + vmax;
+            max_exp_avg_sq[i] = nnx_st(v);
+        }}
         const nnx_acc denom = nnx_sqrt(v) / bc2_sqrt + eps;
         param[i] = nnx_st(p - step_size * (m / denom));
     }}

@@ -341,7 +341,8 @@ class CupyBackend(Backend):
                     orig[...] = tmp
 
     def adam_update_(self, param, grad, exp_avg, exp_avg_sq, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, step: int) -> None:
+                     beta2: float, eps: float, weight_decay: float, step: int,
+                     max_exp_avg_sq=None, decoupled: bool = False) -> None:
         if step < 1:
             raise ValueError(f"adam_update_: step must be >= 1, got {step}")
         sfx = self._suffix("adam_update_", param)
@@ -352,11 +353,17 @@ class CupyBackend(Backend):
         # Bias corrections on the host in Python floats (double), as PyTorch does.
         step_size = float(lr) / (1.0 - float(beta1) ** int(step))
         bc2_sqrt = math.sqrt(1.0 - float(beta2) ** int(step))
+        decoupled = bool(decoupled) and weight_decay != 0
+        amsgrad = max_exp_avg_sq is not None
         s = self._scalar
         with self._dev():
-            (p, g, m, v), back = self._flat_args("adam_update_", (param, grad, exp_avg, exp_avg_sq))
-            args = (p, g, m, v, np.int64(n), s(step_size, dt), s(1.0 - beta1, dt), s(beta2, dt),
-                    s(1.0 - beta2, dt), s(bc2_sqrt, dt), s(eps, dt), s(weight_decay, dt))
+            (p, g, m, v, vmax), back = self._flat_args(
+                "adam_update_", (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq))
+            args = (p, g, m, v, vmax if amsgrad else v, np.int64(n), s(step_size, dt),
+                    s(1.0 - beta1, dt), s(beta2, dt), s(1.0 - beta2, dt), s(bc2_sqrt, dt),
+                    s(eps, dt), s(0.0 if decoupled else weight_decay, dt),
+                    s(1.0 - float(lr) * float(weight_decay) if decoupled else 1.0, dt),
+                    np.int32(decoupled), np.int32(amsgrad))
             ck.launch(f"nnx_adam_{sfx}", self._grid(n), ck.EW_BLOCK, args)
             for orig, tmp in back:
                 if orig is not grad:

@@ -273,9 +273,13 @@ class NumpyBackend(Backend):
             np.add(p, tmp2, out=p)
 
     def adam_update_(self, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps,
-                     weight_decay, step):
-        p_all, g_all, m_all, v_all = self._flat(param, grad, exp_avg, exp_avg_sq)
+                     weight_decay, step, max_exp_avg_sq=None, decoupled=False):
+        p_all, g_all, m_all, v_all, vmax_all = self._flat(param, grad, exp_avg, exp_avg_sq,
+                                                          max_exp_avg_sq)
         dt = param.dtype
+        c_decay = _s(1.0 - lr * weight_decay, dt) if decoupled and weight_decay else None
+        if decoupled:
+            weight_decay = 0.0
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
         c_wd, c_1mb1, c_1mb2, c_b2 = _s(weight_decay, dt), _s(1.0 - beta1, dt), _s(1.0 - beta2, dt), _s(beta2, dt)
@@ -288,6 +292,8 @@ class NumpyBackend(Backend):
             p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]
             k = hi - lo
             tmp, den = work[:k], work[k:2 * k]
+            if c_decay is not None:  # AdamW: p *= 1 - lr * weight_decay
+                np.multiply(p, c_decay, out=p)
             if weight_decay:
                 np.multiply(p, c_wd, out=den)
                 np.add(den, g, out=den)
@@ -301,6 +307,9 @@ class NumpyBackend(Backend):
             np.multiply(tmp, c_1mb2, out=tmp)
             np.multiply(v, c_b2, out=v)
             np.add(v, tmp, out=v)
+            if vmax_all is not None:  # amsgrad: vmax = max(vmax, v), used in place of v
+                v = vmax_all[lo:hi]
+                np.maximum(v, v_all[lo:hi], out=v)
             # p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
             np.sqrt(v, out=den)
             np.divide(den, c_bc2, out=den)

@@ -26,8 +26,9 @@ del _here, _root
 
 from . import _config
 from ._config import (cuda_available, detect_anomaly, device, enable_grad, get_default_dtype,
-                      get_device, inference_mode, is_anomaly_enabled, is_grad_enabled, manual_seed,
-                      no_grad, set_default_dtype, set_detect_anomaly, set_device)
+                      get_device, get_rng_state, inference_mode, is_anomaly_enabled, is_grad_enabled,
+                      manual_seed, no_grad, set_default_dtype, set_detect_anomaly, set_device,
+                      set_rng_state)
 from .errors import (AnomalyError, CheckpointError, DeviceError, DTypeError, GraphError, LabelError,
                      NNXError, OutOfMemoryError, ShapeError, ValueRangeError)
 from .tensor import Tensor, as_tensor, from_dlpack, from_numpy, is_tensor, tensor
@@ -84,4 +85,4 @@ __all__ = [
 
 __all__ += ["callbacks", "keras", "History", "load_model", "inference_mode", "from_dlpack",
             "from_numpy", "amin", "empty_like", "eye", "full_like", "linspace", "maximum", "minimum",
-            "norm", "rand_like", "randn_like", "std", "topk", "var"]
+            "norm", "rand_like", "randn_like", "std", "topk", "var", "get_rng_state", "set_rng_state"]

@@ -8,7 +8,9 @@ say why in ``self.model.stop_reason``), as in Keras.
 """
 from __future__ import annotations
 
+import csv
 import math
+import os
 import warnings
 
 import numpy as np
@@ -16,7 +18,8 @@ import numpy as np
 from .. import serialization
 from .paths import check_save_path
 
-__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN"]
+__all__ = ["Callback", "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint",
+           "ReduceLROnPlateau", "TerminateOnNaN"]
 
 
 class Callback:
@@ -233,3 +236,126 @@ class ModelCheckpoint(Callback):
                 model.save(path, extra={"epoch": epoch + 1, "logs": logs})
                 return
         serialization.save(model.state_dict(), path)
+
+
+def _get_lr(model):
+    opt = getattr(model, "optimizer", None)
+    if opt is None or not getattr(opt, "param_groups", None):
+        raise ValueError("this callback needs a compiled model whose optimizer has param_groups")
+    return float(opt.param_groups[0]["lr"])
+
+
+def _set_lr(model, lr):
+    """Set every parameter group's lr (a Python float: nothing is recompiled or synced)."""
+    for g in model.optimizer.param_groups:
+        g["lr"] = float(lr)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)`` (``epoch``
+    0-based, ``lr`` the current rate), in every parameter group; the epoch's logs get
+    ``"learning_rate"`` (as Keras 3). ``verbose=1`` prints the new rate."""
+
+    def __init__(self, schedule, verbose=0):
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self.schedule(epoch, _get_lr(self.model))
+        if not isinstance(lr, (float, int, np.floating, np.integer)):
+            raise ValueError(f'The output of the "schedule" function should be a float, got {lr!r}')
+        _set_lr(self.model, lr)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _get_lr(self.model)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved (by more than
+    ``min_delta``) for ``patience`` epochs, then wait ``cooldown`` epochs; never below
+    ``min_lr``. Keras's rule and defaults; the epoch's logs get ``"learning_rate"``."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0, **kwargs):
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0, got {factor}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.verbose, self.min_delta = verbose, float(min_delta)
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+        self.mode = _improvement(mode, monitor)
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def _better(self, current):
+        if self.mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = _get_lr(self.model)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau: the monitored {self.monitor!r} is not in the logs "
+                          f"(available: {', '.join(logs)})", RuntimeWarning, stacklevel=2)
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._better(current):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = _get_lr(self.model)
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    _set_lr(self.model, new)
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """Write each epoch's logs as a row of a CSV file: ``epoch`` then the log keys in sorted
+    order, as Keras. ``append=True`` adds to an existing file (no second header)."""
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename, self.sep, self.append = os.fspath(filename), separator, bool(append)
+        self.keys = None
+        self.writer = None
+        self._file = None
+
+    def on_train_begin(self, logs=None):
+        self._header = not (self.append and os.path.exists(self.filename)
+                            and os.path.getsize(self.filename) > 0)
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self.keys, self.writer = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+            self.writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys,
+                                         delimiter=self.sep)
+            if self._header:
+                self.writer.writeheader()
+        row = {"epoch": epoch}
+        row.update((k, logs.get(k, "NA")) for k in self.keys)
+        self.writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None

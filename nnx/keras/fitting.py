@@ -17,6 +17,7 @@ import numpy as np
 from .. import _config
 from . import callbacks as C
 from .history import History
+from .losses import class_weighted
 
 __all__ = ["check_fit_args", "fit_epochs", "eval_sums", "host_floats", "first_nonfinite_batch",
            "progress"]
@@ -89,7 +90,7 @@ def _train_epoch(train, shuffle, steps, lossf, mfns, opt, ebar):
 
 
 def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, verbose,
-               callbacks, shuffle, terminate_on_nan):
+               callbacks, shuffle, terminate_on_nan, class_weight=None):
     """Run ``fit``'s epochs ``initial_epoch .. epochs - 1`` of ``model`` (compiled as
     ``setup``) over the batch source ``train``, validating on ``val`` (a batch source or
     None) after each; returns the :class:`History`. See ``Sequential.fit`` for the arguments."""
@@ -97,6 +98,9 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
     mfns = [f for _, f in metrics]
     names = ["loss"] + [label for label, _ in metrics]
     be = train.backend
+    train_loss = lossf  # validation is never class-weighted (as Keras)
+    if class_weight is not None:
+        train_loss = class_weighted(setup, head, class_weight, be, model._model_backend_dtype()[1])
 
     history = History()
     history.model = model
@@ -128,7 +132,7 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
                     ebar = progress(total=train.steps, desc=f"Epoch {epoch + 1}/{epochs}",
                                     unit="batch")
                 tot, msum, seen, setup.batch_losses, checks = _train_epoch(
-                    train, shuffle, steps, lossf, mfns, setup.optimizer, ebar)
+                    train, shuffle, steps, train_loss, mfns, setup.optimizer, ebar)
                 if not seen:
                     raise ValueError("fit: the training data gave no batches (a DataLoader "
                                      "with drop_last and fewer rows than batch_size?)")

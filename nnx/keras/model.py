@@ -165,7 +165,8 @@ class Sequential(_Container):
         """Configure training (Keras's ``model.compile``).
 
         Args:
-            optimizer: ``"sgd"`` (SGD, lr 0.01, as Keras), ``"adam"`` (Adam, lr 0.001,
+            optimizer: ``"sgd"`` (SGD, lr 0.01, as Keras), ``"adamw"``, ``"rmsprop"``, ``"adagrad"`` (Keras's
+                defaults, see ``nnx.keras.compiling``), ``"adam"`` (Adam, lr 0.001,
                 eps 1e-7, as Keras; nnx adds eps after the bias correction as PyTorch does),
                 or an ``nnx.optim`` optimizer built on ``model.parameters()`` after the model
                 is built: it must hold every trainable parameter (ValueError naming the layers
@@ -248,7 +249,7 @@ class Sequential(_Container):
     # ------------------------------------------------------------------ fit
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            terminate_on_nan=True):
+            terminate_on_nan=True, class_weight=None):
         """Train for ``epochs`` passes over ``(x, y)`` (Keras's ``model.fit``).
 
         Args:
@@ -274,6 +275,10 @@ class Sequential(_Container):
             terminate_on_nan: stop at the end of an epoch whose loss is NaN or inf, with a
                 RuntimeWarning naming the epoch and the first bad batch (nnx's
                 ``TerminateOnNaN``, on by default; pass False to keep going).
+            class_weight: ``{class index: weight}`` (Keras's): each training sample's loss is
+                multiplied by its class's weight (1 for classes not listed), summed and divided
+                by the batch size; for the named cross-entropy losses. Validation is not
+                weighted.
 
         Returns:
             A :class:`History`.
@@ -295,7 +300,7 @@ class Sequential(_Container):
         return fitting.fit_epochs(self, st, train, val, epochs=epochs,
                                   initial_epoch=initial_epoch, batch_size=batch_size,
                                   verbose=verbose, callbacks=callbacks, shuffle=shuffle,
-                                  terminate_on_nan=terminate_on_nan)
+                                  terminate_on_nan=terminate_on_nan, class_weight=class_weight)
 
     def _first_nonfinite_batch(self):
         """Index of the first batch of the current epoch whose loss is NaN or inf (or None)."""

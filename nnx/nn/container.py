@@ -11,9 +11,9 @@ from collections import OrderedDict
 from ..errors import CheckpointError
 from . import fusion
 from .config import layer_from_config
-from .module import Module
+from .module import Module, Parameter
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "ModuleList", "ModuleDict", "ParameterList"]
 
 
 class Sequential(Module):
@@ -92,3 +92,153 @@ class Sequential(Module):
         return fusion.plan(self)[0]
 
     forward = fusion.forward  # each fusable stretch as one graph node (nnx.nn.fusion)
+
+
+def _index(idx, n, what):
+    idx = int(idx)
+    if not -n <= idx < n:
+        raise IndexError(f"{what} index {idx} out of range for {n} entries")
+    return idx % n
+
+
+class _ListBase(Module):
+    """The list protocol over one registry (``_store``: "_modules" or "_parameters")."""
+
+    _store = "_modules"
+
+    def __init__(self, values=None):
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def _entries(self):
+        return list(self.__dict__[self._store].values())
+
+    def __len__(self):
+        return len(self.__dict__[self._store])
+
+    def __iter__(self):
+        return iter(self._entries())
+
+    def __getitem__(self, idx):
+        items = self._entries()
+        if isinstance(idx, slice):
+            return type(self)(items[idx])
+        return items[_index(idx, len(items), type(self).__name__)]
+
+    def __iadd__(self, values):
+        return self.extend(values)
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+
+class ModuleList(_ListBase):
+    """A list of modules, registered as children "0", "1", ... (``torch.nn.ModuleList``):
+    indexing, slicing, ``append``/``extend``/``insert``/``pop``, iteration, ``len``. It has no
+    forward: the owning module calls its entries."""
+
+    def _renumber(self, mods):
+        self._modules.clear()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
+    def __setitem__(self, idx, module):
+        self.add_module(str(_index(idx, len(self), "ModuleList")), module)
+
+    def __delitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[_index(idx, len(mods), "ModuleList")]
+        self._renumber(mods)
+
+    def __add__(self, other):
+        return type(self)(list(self) + list(other))
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def insert(self, index, module):
+        mods = list(self._modules.values())
+        mods.insert(index, module)
+        self._renumber(mods)
+
+    def pop(self, index=-1):
+        m = self[index]
+        del self[index]
+        return m
+
+
+class ModuleDict(Module):
+    """An ordered dict of modules, registered under their keys (``torch.nn.ModuleDict``)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def clear(self):
+        self._modules.clear()
+
+    def pop(self, key):
+        m = self._modules[key]
+        del self._modules[key]
+        return m
+
+    def update(self, modules):
+        pairs = modules.items() if hasattr(modules, "items") else modules
+        for k, m in pairs:
+            self.add_module(k, m)
+
+
+class ParameterList(_ListBase):
+    """A list of parameters, registered as "0", "1", ... (``torch.nn.ParameterList``); a
+    tensor that is not a Parameter is made one (sharing its data)."""
+
+    _store = "_parameters"
+
+    def __setitem__(self, idx, value):
+        self.register_parameter(str(_index(idx, len(self), "ParameterList")), _as_parameter(value))
+
+    def append(self, value):
+        self.register_parameter(str(len(self)), _as_parameter(value))
+        return self
+
+    def extra_repr(self):
+        return "\n".join(f"  ({i}): Parameter of shape {tuple(p.shape)}" for i, p in enumerate(self))
+
+
+def _as_parameter(value):
+    return value if isinstance(value, Parameter) else Parameter(value)

@@ -188,6 +188,8 @@ class Module(DeviceDtypeShorthands):
     def __init__(self):
         object.__setattr__(self, "_parameters", _Registry())
         object.__setattr__(self, "_modules", _Registry())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "training", True)
 
     def _changed(self):
@@ -204,7 +206,13 @@ class Module(DeviceDtypeShorthands):
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("call Module.__init__() before assigning attributes")
-        if isinstance(value, Parameter):
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r} "
+                                f"(a Tensor or None)")
+            buffers[name] = value
+        elif isinstance(value, Parameter):
             self._modules.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
@@ -225,6 +233,8 @@ class Module(DeviceDtypeShorthands):
             return d["_parameters"][name]
         if "_modules" in d and name in d["_modules"]:
             return d["_modules"][name]
+        if "_buffers" in d and name in d["_buffers"]:
+            return d["_buffers"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
@@ -233,6 +243,9 @@ class Module(DeviceDtypeShorthands):
             del self._parameters[name]
         elif name in self._modules:
             del self._modules[name]
+        elif name in self.__dict__.get("_buffers", ()):
+            del self._buffers[name]
+            self._non_persistent_buffers_set.discard(name)
         else:
             object.__delattr__(self, name)
 
@@ -240,6 +253,28 @@ class Module(DeviceDtypeShorthands):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter or None")
         self._parameters[name] = param  # the registry empties the caches watching this module
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """A tensor that is part of the module's state but not a parameter (running
+        statistics, masks): reachable as ``self.name``, listed by ``buffers()``, moved by
+        ``to()``/``double()``, and saved in ``state_dict`` unless ``persistent=False``."""
+        if "." in name or not name:
+            raise KeyError(f"register_buffer: bad buffer name {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer: {name!r} must be a Tensor or None, got "
+                            f"{type(tensor).__name__}")
+        if name in self._parameters or name in self._modules or \
+                (name in self.__dict__ and name not in self.__dict__.get("_buffers", ())):
+            raise KeyError(f"register_buffer: attribute {name!r} already exists")
+        if "_buffers" not in self.__dict__:  # a module pickled before buffers existed
+            object.__setattr__(self, "_buffers", OrderedDict())
+            object.__setattr__(self, "_non_persistent_buffers_set", set())
+        self._changed()
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent_buffers_set.discard(name)
+        else:
+            self._non_persistent_buffers_set.add(name)
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
@@ -289,19 +324,40 @@ class Module(DeviceDtypeShorthands):
         A parameter shared by several modules is listed once unless ``remove_duplicate`` is
         false (``state_dict`` lists it under every name, as PyTorch does).
         """
-        seen = set()
-        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse \
-            else [(prefix, self)]
-        for mp, m in mods:
-            for name, p in m._parameters.items():
-                if p is None or (remove_duplicate and id(p) in seen):
-                    continue
-                seen.add(id(p))
-                yield (f"{mp}.{name}" if mp else name), p
+        return self._named_members(lambda m: m._parameters, prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse=True):
         for _, p in self.named_parameters(recurse=recurse):
             yield p
+
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        """(name, Tensor) pairs of the registered buffers (``register_buffer``)."""
+        return self._named_members(lambda m: m.__dict__.get("_buffers", {}), prefix, recurse,
+                                   remove_duplicate)
+
+    def _named_members(self, members, prefix, recurse, remove_duplicate):
+        seen = set()
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse \
+            else [(prefix, self)]
+        for mp, m in mods:
+            for name, t in members(m).items():
+                if t is None or (remove_duplicate and id(t) in seen):
+                    continue
+                seen.add(id(t))
+                yield (f"{mp}.{name}" if mp else name), t
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def _state_items(self):
+        """(key, tensor) of what ``state_dict`` holds: per module, its parameters then its
+        persistent buffers (PyTorch's order)."""
+        for mp, m in self.named_modules(remove_duplicate=False):
+            skip = m.__dict__.get("_non_persistent_buffers_set", ())
+            for name, t in list(m._parameters.items()) + list(m.__dict__.get("_buffers", {}).items()):
+                if t is not None and name not in skip:
+                    yield (f"{mp}.{name}" if mp else name), t
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):
@@ -354,6 +410,19 @@ class Module(DeviceDtypeShorthands):
                 moved = True
             if moved:
                 p._set_data(b.xp.ascontiguousarray(arr), b)
+        for m in self.modules():
+            bufs = m.__dict__.get("_buffers", {})
+            for name, t in bufs.items():
+                if t is None:
+                    continue
+                b = target or t._backend
+                arr = t.data
+                if b is not t._backend:
+                    arr = b.asarray(t._backend.to_host(arr))
+                if dt is not None and arr.dtype.kind == "f" and arr.dtype != dt:
+                    arr = arr.astype(dt)
+                if arr is not t.data:
+                    bufs[name] = _wrap(b.xp.ascontiguousarray(arr), b)
         return self
 
     @property
@@ -365,8 +434,7 @@ class Module(DeviceDtypeShorthands):
     # ------------------------------------------------------------------ state
     def state_dict(self):
         """An ordered dict mapping PyTorch-style keys to host NumPy arrays (copies)."""
-        return OrderedDict((k, np.array(p.numpy(), copy=True))
-                           for k, p in self.named_parameters(remove_duplicate=False))
+        return OrderedDict((k, np.array(p.numpy(), copy=True)) for k, p in self._state_items())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` (arrays, tensors, or anything array-like).
@@ -374,7 +442,7 @@ class Module(DeviceDtypeShorthands):
         Checks keys, shapes and dtypes first and says what does not match; nothing is changed
         unless everything fits.
         """
-        own = OrderedDict(self.named_parameters(remove_duplicate=False))
+        own = OrderedDict(self._state_items())
         given = set(state_dict.keys())
         missing = [k for k in own if k not in given]
         unexpected = [k for k in state_dict if k not in own]

@@ -30,8 +30,13 @@ A new optimizer, e.g. sign descent::
         def update(self, xp, param, grad, state, group, step):
             param -= float(group["lr"]) * xp.sign(grad)
 
-State arrays (named in ``state_names``) start as zeros of the parameter's shape; ``step`` is
-the number of this step for this parameter, from 1.
+State arrays (named in ``state_names``) start as zeros of the parameter's shape (or the value
+``state_init(group)`` gives, e.g. Adagrad's ``initial_accumulator_value``); ``step`` is the
+number of this step for this parameter, from 1.
+
+The optimizers here: ``SGD``, ``Adam`` and ``AdamW`` (both with ``amsgrad``; one fused kernel,
+``adam_update_``), ``RMSprop`` (momentum, centered) and ``Adagrad`` (reference rules only for
+these two: no fused kernel yet).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from .. import _config
 from ..errors import DTypeError
 from ..tensor import Tensor, _wrap
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
 
 class _FlatGroup:
@@ -221,6 +226,10 @@ class Optimizer:
         """The state arrays this group's update uses (allocated, as zeros, before it runs)."""
         return self.state_names
 
+    def state_init(self, group):
+        """``{name: value}`` for state arrays that start at a value other than 0."""
+        return {}
+
     def _kernel_for(self, backend):
         """The bound kernel method to run on ``backend``, or None for the reference rule."""
         name = self.kernel
@@ -260,9 +269,15 @@ class Optimizer:
         self.param_groups.append(group)
         self._flats.append(self._flatten(ps))
 
+    #: Hyperparameters that must not be negative (checked by ``_validate``).
+    non_negative: tuple = ()
+
     def _validate(self, group):
         if group["lr"] < 0:
             raise ValueError(f"invalid learning rate: {group['lr']}")
+        for k in self.non_negative:
+            if group[k] < 0:
+                raise ValueError(f"invalid {k} value: {group[k]}")
 
     def _flatten(self, params):
         by_key = {}
@@ -318,11 +333,18 @@ class Optimizer:
                 self._step_flat(group, fg)
         return loss
 
+    def _ensure_state(self, group, fg):
+        """Allocate the state arrays ``group`` uses (zeros, or ``state_init``'s value)."""
+        for name in self.state_for(group):
+            if name not in fg.state:
+                init = self.state_init(group).get(name, 0)
+                buf = fg.state_buffer(name)
+                if init:
+                    buf.fill(float(init))
+
     def _step_flat(self, group, fg):
         state = fg.state
-        for name in self.state_for(group):
-            if name not in state:
-                fg.state_buffer(name)
+        self._ensure_state(group, fg)
         step = fg.shared_step()
         if step is not None and fg.all_have_grads():  # the fast path: one update over everything
             step += 1
@@ -430,6 +452,9 @@ class Optimizer:
             for k, v in saved.items():
                 if k != "params":
                     group[k] = tuple(v) if isinstance(group.get(k), tuple) else v
+        for gi, group in enumerate(self.param_groups):
+            for fg in self._current_flats(gi):
+                self._ensure_state(group, fg)
         for p, s, fg, i in plan:
             if s is None:
                 fg.set_param_step(i, 0)
@@ -504,16 +529,28 @@ class SGD(Optimizer):
                 step == 1)
 
 
+def _lerp_(a, b, w):
+    """a.lerp_(b, w) in place, PyTorch's formula (the form depends on w < 0.5)."""
+    if w < 0.5:
+        a += w * (b - a)
+    else:
+        a[...] = b - (b - a) * (1 - w)
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba, https://arxiv.org/abs/1412.6980) with PyTorch's update rule and L2
-    weight decay (see ``update``). ``fused``: see ``Optimizer``."""
+    weight decay (see ``update``); ``amsgrad=True`` keeps the running maximum of ``exp_avg_sq``
+    (state ``max_exp_avg_sq``) and divides by it. ``fused``: see ``Optimizer``."""
 
-    state_names = ("exp_avg", "exp_avg_sq")
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     kernel = "adam_update_"
+    #: AdamW: the weight decay is decoupled (param *= 1 - lr * weight_decay), not added to grad.
+    decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, fused=None):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
-                         fused=fused)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, fused=None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      amsgrad=bool(amsgrad)), fused=fused)
 
     def _validate(self, group):
         super()._validate(group)
@@ -522,23 +559,131 @@ class Adam(Optimizer):
             raise ValueError(f"invalid betas: {group['betas']}")
         if group["eps"] < 0:
             raise ValueError(f"invalid eps: {group['eps']}")
+        if group["weight_decay"] < 0:
+            raise ValueError(f"invalid weight_decay value: {group['weight_decay']}")
+
+    def state_for(self, group):
+        return self.state_names if group.get("amsgrad") else self.state_names[:2]
 
     def update(self, xp, param, grad, state, group, step):
         lr, eps, weight_decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
         beta1, beta2 = (float(b) for b in group["betas"])
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         if weight_decay:
-            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
-        exp_avg += (1 - beta1) * (grad - exp_avg)  # exp_avg.lerp_(grad, 1 - beta1)
+            if self.decoupled:
+                param *= 1 - lr * weight_decay  # param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        _lerp_(exp_avg, grad, 1 - beta1)  # exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq *= beta2  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         exp_avg_sq += (1 - beta2) * grad * grad
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         step_size = lr / bias_correction1
-        denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        if group.get("amsgrad"):
+            max_sq = state["max_exp_avg_sq"]
+            xp.maximum(max_sq, exp_avg_sq, out=max_sq)  # torch.maximum(max_sq, exp_avg_sq, out=)
+            denom = xp.sqrt(max_sq) / bias_correction2_sqrt + eps
+        else:
+            denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         param += -step_size * exp_avg / denom  # param.addcdiv_(exp_avg, denom, value=-step_size)
 
     def kernel_args(self, state, group, step):
         b1, b2 = group["betas"]
         return (state["exp_avg"], state["exp_avg_sq"], float(group["lr"]), float(b1), float(b2),
-                float(group["eps"]), float(group["weight_decay"]), step)
+                float(group["eps"]), float(group["weight_decay"]), step,
+                state["max_exp_avg_sq"] if group.get("amsgrad") else None, self.decoupled)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, https://arxiv.org/abs/1711.05101): Adam with decoupled weight
+    decay, PyTorch's rule: ``param *= 1 - lr * weight_decay``, then the Adam step (default
+    ``weight_decay=1e-2`` as PyTorch). ``amsgrad`` and ``fused``: see ``Adam``."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, fused=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, fused=fused)
+
+
+class RMSprop(Optimizer):
+    """RMSprop with PyTorch's rule (see ``update``): optional L2 weight decay, momentum (state
+    ``momentum_buffer``) and ``centered`` (state ``grad_avg``: divides by the estimated
+    variance instead of the second moment). Runs its reference rule (no fused kernel yet)."""
+
+    state_names = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, fused=None):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=bool(centered)), fused=fused)
+
+    non_negative = ("alpha", "eps", "weight_decay", "momentum")
+
+    def state_for(self, group):
+        names = ["square_avg"]
+        if group["momentum"] > 0:
+            names.append("momentum_buffer")
+        if group["centered"]:
+            names.append("grad_avg")
+        return tuple(names)
+
+    def update(self, xp, param, grad, state, group, step):
+        lr, alpha, eps = float(group["lr"]), float(group["alpha"]), float(group["eps"])
+        weight_decay, momentum = float(group["weight_decay"]), float(group["momentum"])
+        square_avg = state["square_avg"]
+        if weight_decay:
+            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        square_avg *= alpha  # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        square_avg += (1 - alpha) * grad * grad
+        if group["centered"]:
+            grad_avg = state["grad_avg"]
+            _lerp_(grad_avg, grad, 1 - alpha)  # grad_avg.lerp_(grad, 1 - alpha)
+            # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+            avg = xp.sqrt(square_avg + (-1.0) * grad_avg * grad_avg)
+        else:
+            avg = xp.sqrt(square_avg)
+        avg += eps
+        if momentum > 0:
+            buf = state["momentum_buffer"]
+            buf *= momentum  # buf.mul_(momentum).addcdiv_(grad, avg)
+            buf += grad / avg
+            param += -lr * buf  # param.add_(buf, alpha=-lr)
+        else:
+            param += -lr * grad / avg  # param.addcdiv_(grad, avg, value=-lr)
+
+
+class Adagrad(Optimizer):
+    """Adagrad with PyTorch's rule (see ``update``): state ``sum`` starts at
+    ``initial_accumulator_value``; the learning rate decays as ``lr / (1 + (step - 1) *
+    lr_decay)``. Runs its reference rule (no fused kernel yet)."""
+
+    state_names = ("sum",)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, *, fused=None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps),
+                         fused=fused)
+
+    non_negative = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def state_init(self, group):
+        return {"sum": float(group["initial_accumulator_value"])}
+
+    def update(self, xp, param, grad, state, group, step):
+        lr, lr_decay, eps = float(group["lr"]), float(group["lr_decay"]), float(group["eps"])
+        weight_decay = float(group["weight_decay"])
+        state_sum = state["sum"]
+        if weight_decay:
+            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += grad * grad  # state_sum.addcmul_(grad, grad, value=1)
+        std = xp.sqrt(state_sum)  # state_sum.sqrt().add_(eps)
+        std += eps
+        param += -clr * grad / std  # param.addcdiv_(grad, std, value=-clr)
+
+
+from . import lr_scheduler  # noqa: E402  (it imports nothing from here: no circle)
