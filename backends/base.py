@@ -216,5 +216,28 @@ class Backend(abc.ABC):
         (sqrt(v) / sqrt(1 - beta2^step) + eps).
         """
 
+    @abc.abstractmethod
+    def rmsprop_update_(self, param, grad, square_avg, momentum_buf, grad_avg, lr: float,
+                        alpha: float, eps: float, weight_decay: float = 0.0,
+                        momentum: float = 0.0, centered: bool = False) -> None:
+        """One RMSprop step in place (PyTorch's rule), one pass over flat arrays.
+
+        g = grad + weight_decay * param; v = alpha v + (1 - alpha) g^2; centered:
+        a = lerp(a, g, 1 - alpha) (PyTorch's lerp: a + w (g - a) for w < 0.5, else
+        g - (g - a) (1 - w)) and avg = sqrt(v - a^2) + eps, else avg = sqrt(v) + eps; with
+        momentum > 0: buf = momentum buf + g / avg, param -= lr buf; else param -= lr g / avg.
+        ``momentum_buf`` is None when momentum is 0, ``grad_avg`` None unless centered.
+        """
+
+    @abc.abstractmethod
+    def adagrad_update_(self, param, grad, state_sum, clr: float, weight_decay: float = 0.0,
+                        eps: float = 1e-10) -> None:
+        """One Adagrad step in place (PyTorch's rule), one pass over flat arrays.
+
+        g = grad + weight_decay * param; sum = sum + g^2; param -= clr g / (sqrt(sum) + eps).
+        ``clr`` is the decayed learning rate lr / (1 + (step - 1) lr_decay), computed by the
+        caller on the host (a Python float).
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} device={self.device!r}>"

@@ -494,7 +494,8 @@ def _softmax_ce_source(sfx: str) -> str:
 # One pass over flat, C-contiguous arrays of n elements. Hyperparameters derived on the host as
 # Python floats: one_minus_dampening = 1 - dampening; for Adam step_size = lr / (1 - beta1**t),
 # bc2_sqrt = sqrt(1 - beta2**t), one_minus_beta{1,2} = 1 - beta{1,2}, AdamW's decay =
-# 1 - lr * weight_decay. float16 state is rounded
+# 1 - lr * weight_decay; for RMSprop one_minus_alpha = 1 - alpha and the lerp weights w = 1 - alpha,
+# one_minus_w = 1 - w; Adagrad's clr = lr / (1 + (step - 1) * lr_decay). float16 state is rounded
 # to float16 before it is used further, as PyTorch does with float16 tensors.
 _OPTIM_TEMPLATE = r"""
 // PyTorch SGD: d = g + wd*p; buf = d (first step) or momentum*buf + (1-dampening)*d;
@@ -554,6 +555,67 @@ nnx_adam_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
         param[i] = nnx_st(p - step_size * (m / denom));
     }}
 }}
+
+// The gradient with L2 weight decay, g + wd*p (PyTorch's grad.add(param, alpha=wd)).
+__device__ __forceinline__ nnx_acc nnx_decayed(const nnx_acc g, const nnx_acc p,
+                                               const nnx_acc weight_decay) {{
+    return weight_decay != (nnx_acc)0 ? g + weight_decay * p : g;
+}}
+
+// PyTorch RMSprop: g = g + wd*p; v = alpha*v + (1-alpha)*g*g; centered: a = lerp(a, g, w)
+// (w = 1-alpha; PyTorch's lerp: a + w*(g - a) when lerp_small (w < 0.5), else
+// g - (g - a)*one_minus_w) and avg = sqrt(v - a*a) + eps, else avg = sqrt(v) + eps; momentum:
+// buf = momentum*buf + g/avg, p = p - lr*buf; else p = p - lr*(g/avg). Without momentum or
+// centered the wrapper passes square_avg for `momentum_buf` / `grad_avg` (never read or
+// written), hence no __restrict__ on those three.
+extern "C" __global__ void __launch_bounds__({block})
+nnx_rmsprop_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
+                  nnx_t* square_avg, nnx_t* momentum_buf, nnx_t* grad_avg,
+                  const nnx_i64 n, const nnx_acc lr, const nnx_acc alpha,
+                  const nnx_acc one_minus_alpha, const nnx_acc eps, const nnx_acc weight_decay,
+                  const nnx_acc momentum, const nnx_acc lerp_w, const nnx_acc one_minus_w,
+                  const int lerp_small, const int has_momentum, const int centered) {{
+    const nnx_i64 stride = (nnx_i64)gridDim.x * blockDim.x;
+    for (nnx_i64 i = (nnx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
+        const nnx_acc p = nnx_ld(param[i]);
+        const nnx_acc g = nnx_decayed(nnx_ld(grad[i]), p, weight_decay);
+        const nnx_acc v = nnx_round(alpha * nnx_ld(square_avg[i]) + one_minus_alpha * g * g);
+        square_avg[i] = nnx_st(v);
+        // One sqrt and one division site (float64's are subroutine calls; two of each spilled).
+        nnx_acc var = v;
+        if (centered) {{
+            const nnx_acc a0 = nnx_ld(grad_avg[i]);
+            const nnx_acc d = g - a0;
+            const nnx_acc a = nnx_round(lerp_small ? a0 + lerp_w * d : g - d * one_minus_w);
+            grad_avg[i] = nnx_st(a);
+            var = v - a * a;
+        }}
+        const nnx_acc q = g / (nnx_sqrt(var) + eps);
+        nnx_acc step = q;
+        if (has_momentum) {{
+            step = nnx_round(momentum * nnx_ld(momentum_buf[i]) + q);
+            momentum_buf[i] = nnx_st(step);
+        }}
+        param[i] = nnx_st(p - lr * step);
+    }}
+}}
+
+// PyTorch Adagrad: g = g + wd*p; sum = sum + g*g; p = p - clr*g/(sqrt(sum) + eps), with the
+// decayed learning rate clr = lr / (1 + (step-1)*lr_decay) computed on the host.
+extern "C" __global__ void __launch_bounds__({block})
+nnx_adagrad_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
+                  nnx_t* __restrict__ state_sum, const nnx_i64 n, const nnx_acc clr,
+                  const nnx_acc weight_decay, const nnx_acc eps) {{
+    const nnx_i64 stride = (nnx_i64)gridDim.x * blockDim.x;
+    for (nnx_i64 i = (nnx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
+        const nnx_acc p = nnx_ld(param[i]);
+        const nnx_acc g = nnx_decayed(nnx_ld(grad[i]), p, weight_decay);
+        const nnx_acc sm = nnx_round(nnx_ld(state_sum[i]) + g * g);
+        state_sum[i] = nnx_st(sm);
+        const nnx_acc den = nnx_sqrt(sm) + eps;
+        param[i] = nnx_st(p - clr * g / den);
+    }}
+}}
 """
 
 
@@ -578,7 +640,7 @@ def _kernel_names(mod: str) -> tuple[str, ...]:
         names.append(f"nnx_ce_reduce_{sfx}")
         return tuple(names)
     if family == "optim":
-        return (f"nnx_sgd_{sfx}", f"nnx_adam_{sfx}")
+        return (f"nnx_sgd_{sfx}", f"nnx_adam_{sfx}", f"nnx_rmsprop_{sfx}", f"nnx_adagrad_{sfx}")
     raise KeyError(mod)
 
 

@@ -10,7 +10,8 @@ Layout rules of the kernel wrappers:
 * ``out=`` may be any array of the result's shape and dtype, including an input itself (in
   place) or a strided view: a non-contiguous ``out`` receives the result through a contiguous
   temporary. ``out`` must not partially overlap an input (identical or disjoint only).
-* In-place methods (``bias_act_``, ``sgd_update_``, ``adam_update_``) accept strided arrays the
+* In-place methods (``bias_act_``, ``sgd_update_``, ``adam_update_``, ``rmsprop_update_``,
+  ``adagrad_update_``) accept strided arrays the
   same way: they work on contiguous copies and write the results back. Flat contiguous buffers
   (the optimizers' layout) take the one-launch path with no copy.
 * Hyperparameters are passed to the kernels as ``numpy.float32`` for float16/float32 arrays and
@@ -365,6 +366,50 @@ class CupyBackend(Backend):
                     s(1.0 - float(lr) * float(weight_decay) if decoupled else 1.0, dt),
                     np.int32(decoupled), np.int32(amsgrad))
             ck.launch(f"nnx_adam_{sfx}", self._grid(n), ck.EW_BLOCK, args)
+            for orig, tmp in back:
+                if orig is not grad:
+                    orig[...] = tmp
+
+    def rmsprop_update_(self, param, grad, square_avg, momentum_buf, grad_avg, lr: float,
+                        alpha: float, eps: float, weight_decay: float = 0.0,
+                        momentum: float = 0.0, centered: bool = False) -> None:
+        has_m, centered = momentum > 0, bool(centered)
+        if has_m and momentum_buf is None:
+            raise ValueError("rmsprop_update_: momentum > 0 needs a momentum buffer")
+        if centered and grad_avg is None:
+            raise ValueError("rmsprop_update_: centered needs a grad_avg buffer")
+        sfx = self._suffix("rmsprop_update_", param)
+        n = param.size
+        if n == 0:
+            return
+        dt = param.dtype
+        w = 1.0 - float(alpha)  # grad_avg.lerp_(grad, w): PyTorch's two forms, chosen on the host
+        s = self._scalar
+        with self._dev():
+            (p, g, v, b, a), back = self._flat_args(
+                "rmsprop_update_", (param, grad, square_avg, momentum_buf if has_m else None,
+                                    grad_avg if centered else None))
+            args = (p, g, v, b if has_m else v, a if centered else v, np.int64(n), s(lr, dt),
+                    s(alpha, dt), s(1.0 - alpha, dt), s(eps, dt), s(weight_decay, dt),
+                    s(momentum, dt), s(w, dt), s(1.0 - w, dt), np.int32(w < 0.5),
+                    np.int32(has_m), np.int32(centered))
+            ck.launch(f"nnx_rmsprop_{sfx}", self._grid(n), ck.EW_BLOCK, args)
+            for orig, tmp in back:
+                if orig is not grad:
+                    orig[...] = tmp
+
+    def adagrad_update_(self, param, grad, state_sum, clr: float, weight_decay: float = 0.0,
+                        eps: float = 1e-10) -> None:
+        sfx = self._suffix("adagrad_update_", param)
+        n = param.size
+        if n == 0:
+            return
+        dt = param.dtype
+        s = self._scalar
+        with self._dev():
+            (p, g, sm), back = self._flat_args("adagrad_update_", (param, grad, state_sum))
+            args = (p, g, sm, np.int64(n), s(clr, dt), s(weight_decay, dt), s(eps, dt))
+            ck.launch(f"nnx_adagrad_{sfx}", self._grid(n), ck.EW_BLOCK, args)
             for orig, tmp in back:
                 if orig is not grad:
                     orig[...] = tmp

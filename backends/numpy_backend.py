@@ -39,6 +39,17 @@ _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _SIGNED_MAX = {n: (1 << (8 * n - 1)) - 1 for n in _UNSIGNED}
 
 
+def _chunk_slices(n):
+    """Slices covering ``range(n)`` in steps of ``CHUNK`` (an update's cache-sized pieces)."""
+    return (slice(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
+
+
+def _plus_decay(g, p, c, out):
+    """``g + c * p`` (L2 weight decay on the gradient) into ``out``, the optimizers' order."""
+    np.multiply(p, c, out=out)
+    return np.add(out, g, out=out)
+
+
 class NumpyBackend(Backend):
     """NumPy arrays on the host CPU."""
 
@@ -249,9 +260,7 @@ class NumpyBackend(Backend):
             tmp, tmp2 = work[:k], work[k:2 * k]
             d = g
             if weight_decay:
-                np.multiply(p, wd, out=tmp)
-                np.add(tmp, g, out=tmp)
-                d = tmp
+                d = _plus_decay(g, p, wd, tmp)
             if momentum:
                 buf = b_all[lo:hi]
                 if first_step:
@@ -295,9 +304,7 @@ class NumpyBackend(Backend):
             if c_decay is not None:  # AdamW: p *= 1 - lr * weight_decay
                 np.multiply(p, c_decay, out=p)
             if weight_decay:
-                np.multiply(p, c_wd, out=den)
-                np.add(den, g, out=den)
-                g = den
+                g = _plus_decay(g, p, c_wd, den)
             # m = m + (1 - beta1) * (g - m)   (PyTorch's lerp)
             np.subtract(g, m, out=tmp)
             np.multiply(tmp, c_1mb1, out=tmp)
@@ -317,3 +324,79 @@ class NumpyBackend(Backend):
             np.divide(m, den, out=tmp)
             np.multiply(tmp, c_step, out=tmp)
             np.add(p, tmp, out=p)
+
+    def rmsprop_update_(self, param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps,
+                        weight_decay=0.0, momentum=0.0, centered=False):
+        # The reference rule's op order (nnx.optim.RMSprop.update), so float64 agrees to the bit.
+        has_m, centered = momentum > 0, bool(centered)
+        if has_m and momentum_buf is None:
+            raise ValueError("rmsprop_update_: momentum > 0 needs a momentum buffer")
+        if centered and grad_avg is None:
+            raise ValueError("rmsprop_update_: centered needs a grad_avg buffer")
+        p_all, g_all, v_all, b_all, a_all = self._flat(
+            param, grad, square_avg, momentum_buf if has_m else None,
+            grad_avg if centered else None)
+        dt = param.dtype
+        c_wd, c_alpha, c_1ma = _s(weight_decay, dt), _s(alpha, dt), _s(1.0 - alpha, dt)
+        c_eps, c_mom, c_neg_lr = _s(eps, dt), _s(momentum, dt), _s(-lr, dt)
+        w = 1.0 - alpha  # grad_avg.lerp_(grad, w), PyTorch's two forms
+        c_w, c_1mw = _s(w, dt), _s(1.0 - w, dt)
+        n = p_all.size
+        work = self.scratch(3 * min(n, CHUNK), dt)
+        for lo in range(0, n, CHUNK):
+            hi = min(lo + CHUNK, n)
+            p, g, v = p_all[lo:hi], g_all[lo:hi], v_all[lo:hi]
+            k = hi - lo
+            dbuf, tmp, avg = work[:k], work[k:2 * k], work[2 * k:3 * k]
+            if weight_decay:
+                g = _plus_decay(g, p, c_wd, dbuf)
+            # v = v * alpha + ((1 - alpha) * g) * g  (in-place operators: the same ufunc calls)
+            np.multiply(g, c_1ma, out=tmp)
+            tmp *= g
+            v *= c_alpha
+            v += tmp
+            if centered:
+                a = a_all[lo:hi]
+                np.subtract(g, a, out=tmp)
+                if w < 0.5:  # a += w * (g - a)
+                    np.multiply(tmp, c_w, out=tmp)
+                    np.add(a, tmp, out=a)
+                else:  # a = g - (g - a) * (1 - w)
+                    np.multiply(tmp, c_1mw, out=tmp)
+                    np.subtract(g, tmp, out=a)
+                np.multiply(a, a, out=tmp)  # avg = sqrt(v - a * a) + eps
+                np.subtract(v, tmp, out=avg)
+                np.sqrt(avg, out=avg)
+            else:
+                np.sqrt(v, out=avg)
+            np.add(avg, c_eps, out=avg)
+            if has_m:  # buf = buf * momentum + g / avg; p += (-lr) * buf
+                b = b_all[lo:hi]
+                np.divide(g, avg, out=tmp)
+                np.multiply(b, c_mom, out=b)
+                np.add(b, tmp, out=b)
+                np.multiply(b, c_neg_lr, out=tmp)
+            else:  # p += ((-lr) * g) / avg
+                np.multiply(g, c_neg_lr, out=tmp)
+                np.divide(tmp, avg, out=tmp)
+            np.add(p, tmp, out=p)
+
+    def adagrad_update_(self, param, grad, state_sum, clr, weight_decay=0.0, eps=1e-10):
+        # The reference rule's op order (nnx.optim.Adagrad.update).
+        p_all, g_all, s_all = self._flat(param, grad, state_sum)
+        dt = param.dtype
+        c_wd, c_eps, c_neg_clr = _s(weight_decay, dt), _s(eps, dt), dt.type(-clr)  # clr: per step
+        work = self.scratch(2 * min(p_all.size, CHUNK), dt)
+        for sl in _chunk_slices(p_all.size):
+            p, g, sm = p_all[sl], g_all[sl], s_all[sl]
+            k = sl.stop - sl.start
+            dbuf, std = work[:k], work[k:2 * k]
+            if weight_decay:
+                g = _plus_decay(g, p, c_wd, dbuf)
+            np.multiply(g, g, out=std)  # sum += g * g
+            np.add(sm, std, out=sm)
+            np.sqrt(sm, out=std)  # std = sqrt(sum) + eps
+            np.add(std, c_eps, out=std)
+            np.multiply(g, c_neg_clr, out=dbuf)  # p += ((-clr) * g) / std
+            np.divide(dbuf, std, out=dbuf)
+            np.add(p, dbuf, out=p)

@@ -250,7 +250,8 @@ def _kernel(name):
 # The activations go through the two generic methods (the named ones, sigmoid_fwd and the rest,
 # call them), so every entry of ``backends.activations`` is covered, including later ones.
 for _name in ("uniform", "normal", "dropout_mask", "activation_forward", "activation_backward",
-              "bias_act_", "sum_rows", "sgd_update_", "adam_update_"):
+              "bias_act_", "sum_rows", "sgd_update_", "adam_update_",
+              "rmsprop_update_", "adagrad_update_"):
     setattr(StrictBackend, _name, _kernel(_name))
 
 

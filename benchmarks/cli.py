@@ -13,17 +13,24 @@ from . import contenders as C
 from . import report, timing
 from . import workloads as W
 
-DEFAULT_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam")
+DEFAULT_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip", "C-clip")
+# --quick's default: the issue-5 set (the issue-12 ones would squeeze it past its 2 minutes)
+QUICK_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # rounds wanted (quick, full) and, for full runs, a per-workload time budget in seconds
-ROUNDS = {"A": (15, 41), "B": (15, 41), "C": (5, 11), "B-adam": (9, 21), "C-adam": (3, 7)}
-BUDGET_FULL = {"A": 30, "B": 40, "C": 150, "B-adam": 25, "C-adam": 90}
+ROUNDS = {"A": (15, 41), "B": (15, 41), "C": (5, 11), "B-adam": (9, 21), "C-adam": (3, 7),
+          "B-adamw": (9, 21), "C-adamw": (3, 7), "B-clip": (15, 41), "C-clip": (5, 11)}
+# C-clip's rounds also time nnx's and the floor's unclipped C step (paired: the clip overhead)
+BUDGET_FULL = {"A": 30, "B": 40, "C": 150, "B-adam": 25, "C-adam": 90, "B-adamw": 25,
+               "C-adamw": 90, "B-clip": 50, "C-clip": 220}
 # --quick must finish in < 2 minutes even on a busy host (where every step is several times
 # slower): each phase gets this share of the time left, by weight
 QUICK_DEADLINE_S = 100.0
-PHASE_WEIGHTS = {"A": 1.0, "B": 1.2, "C": 3.0, "B-adam": 1.0, "C-adam": 2.0, "memory": 2.5,
-                 "micro": 1.2}
+PHASE_WEIGHTS = {"A": 1.0, "B": 1.2, "C": 3.0, "B-adam": 1.0, "C-adam": 2.0, "B-adamw": 1.0,
+                 "C-adamw": 2.0, "B-clip": 1.5, "C-clip": 4.0, "memory": 2.5, "micro": 1.2}
+# contenders also timed, on the unclipped base workload, in a workload with ``base`` set
+PAIRED_BASE = ("floor", "nnx")
 
 
 def parse_args(argv=None):
@@ -37,8 +44,9 @@ def parse_args(argv=None):
                     help="BLAS/torch threads (default: all cores when quiet, 1 when the machine "
                          "is busy; the full run measures both)")
     ap.add_argument("--out", default=RESULTS_DIR, help="directory for the JSON and PNG")
-    ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
-                    help="comma list of A,B,C,B-adam,C-adam (C@256 = C at width 256)")
+    ap.add_argument("--workloads", default=None,
+                    help=f"comma list of {','.join(W.WORKLOADS)} (C@256 = C at width 256); "
+                         f"default: all; with --quick: {','.join(QUICK_WORKLOADS)}")
     ap.add_argument("--contenders", default=",".join(C.NAMES), help="comma list of floor,nnx,torch")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: the CPU, plus CUDA when usable")
@@ -110,11 +118,17 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
     params, batches = W.init_params(w), W.make_batches(w)
     built, skipped = [], {}
     extra = ["gemm"] if w.key.split("@")[0] in ("B", "C") else []
+    base = W.base_of(w)  # C for C-clip: its floor and nnx steps are timed in the same rounds
+    paired = [f"{n}@base" for n in PAIRED_BASE if n in names] if base is not None else []
     for dev in devices:
-        for name in list(names) + extra:
+        for name in list(names) + extra + paired:
             label = f"{name}-{dev}"
+            if name.endswith("@base"):
+                name = name[:-len("@base")]
+                label = f"{name}-{dev}-{base.key.split('@')[0]}"
             try:
-                c = C.make(name, w, params, batches, dev)
+                c = C.make(name, w if label == f"{name}-{dev}" else base, params, batches, dev)
+                c.label = label
                 c.set_threads(threads)
                 c.activate()
                 c.step()  # one step: a contender that cannot step is reported, not timed
@@ -153,7 +167,7 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
     entry["timing"] = res
     per, ratios = res["per"], res["ratios"]
     for c in built:
-        if c.name == "gemm":
+        if c.name == "gemm" or c.w is not w:
             continue
         t = per[c.label]["median_s"]
         d = {"time_s": t, "samples_per_s": w.batch / t,
@@ -167,6 +181,12 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
             if other in per:
                 d[key] = 1.0 if other == c.label else ratios[f"{c.label}/{other}"]["median"]
         entry["contenders"][c.label] = d
+    for c in built:  # the paired base steps: this workload's step / the base's, same rounds
+        if c.w is not w and f"{c.name}-{c.device}" in per:
+            me = f"{c.name}-{c.device}"
+            entry.setdefault("vs_base", {})[me] = {
+                "base": base.key, "base_time_s": per[c.label]["median_s"],
+                "ratio": ratios[f"{me}/{c.label}"]["median"]}
     if any(c.name == "gemm" for c in built):
         for dev in devices:
             g = f"gemm-{dev}"
@@ -210,7 +230,8 @@ def main(argv=None) -> int:
     if bad:
         print(f"unknown contenders {bad}; known: {C.NAMES}", file=sys.stderr)
         return 2
-    keys = [k for k in a.workloads.split(",") if k]
+    wl_arg = a.workloads or ",".join(QUICK_WORKLOADS if quick else DEFAULT_WORKLOADS)
+    keys = [k for k in wl_arg.split(",") if k]
     try:
         wls = [W.get(k) for k in keys]
     except KeyError as e:

@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .workloads import Workload, build_loss, build_model, build_optimizer
+from .workloads import Workload, build_loss, build_model, build_optimizer, clip_fn
 
 NAMES = ("floor", "nnx", "torch")
 
@@ -205,10 +205,14 @@ class ModelContender(Contender):
     def _assemble(self, nn, optim, model, batches):
         self.model = model
         self.loss_fn = build_loss(nn, self.w)
-        self.opt = build_optimizer(optim, self.w, model.parameters())
+        self.params = list(model.parameters())
+        self.opt = build_optimizer(optim, self.w, self.params)
         self.batches = batches
         self.i = 0
         self.loss = None
+        if self.w.clip is not None:  # the clipped step is a separate method: none is timed idle
+            self._clip = clip_fn(nn)
+            self.step = self._step_clipped
 
     def step(self):
         x, y = self.batches[self.i]
@@ -217,6 +221,19 @@ class ModelContender(Contender):
         opt.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
+        opt.step()
+        self.loss = loss
+
+    def _step_clipped(self):
+        """``step`` with ``clip_grad_norm_(params, max_norm=w.clip)`` between backward and the
+        optimizer step."""
+        x, y = self.batches[self.i]
+        self.i = (self.i + 1) % len(self.batches)
+        opt = self.opt
+        opt.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self._clip(self.params, max_norm=self.w.clip)
         opt.step()
         self.loss = loss
 

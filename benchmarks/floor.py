@@ -4,8 +4,8 @@ This is what a NumPy framework could at best be: the step written out by hand, f
 throughout, every buffer preallocated and reused, every op in place (``out=``), parameters and
 gradients in one flat buffer each (so the optimizer is one pass), and the same math as the
 frameworks (PyTorch's sigmoid, BCE with its -100 log clamp, max-shifted softmax cross-entropy,
-PyTorch's SGD and Adam rules).  Its gradients are checked against nnx and PyTorch in
-``tests/test_benchmarks.py``.
+PyTorch's SGD, Adam and AdamW rules and ``clip_grad_norm_``).  Its gradients and updates are
+checked against nnx and PyTorch in ``tests/test_benchmarks.py``.
 
 Tricks used, each measured on the 2-core host of issue 5 (see ``benchmarks/NOTES.md``):
 
@@ -118,12 +118,15 @@ class FloorMLP:
         if w.optimizer == "sgd":
             self.momentum_buf = xp.zeros(n, F32) if w.momentum else None
             self.c_mom = c(w.momentum)
-        else:
+        else:  # adam, adamw
             self.m = xp.zeros(n, F32)
             self.v = xp.zeros(n, F32)
             self.tmp2 = xp.empty(tmp_n, F32)
             b1, b2 = ADAM_BETAS
             self.c_1mb1, self.c_1mb2 = c(1 - b1), c(1 - b2)
+            # AdamW's decoupled decay, p *= 1 - lr * wd (constant: lr is fixed)
+            self.c_decay = c(1.0 - w.lr * w.weight_decay) if w.optimizer == "adamw" else None
+        self.clip = w.clip
         self._chunks = ([(0, n)] if self.chunk is None
                         else [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)])
 
@@ -148,7 +151,22 @@ class FloorMLP:
         else:
             with self._errstate():
                 self._forward_backward(x, y)
+        if self.clip is not None:
+            self._clip_grad_norm()
         self._update()
+
+    def _clip_grad_norm(self) -> None:
+        """``clip_grad_norm_(params, max_norm)``: one norm over the flat gradient (a BLAS dot,
+        float32 as PyTorch's), one scale ``min(1, max_norm / (norm + 1e-6))``, in place; the
+        multiply is skipped when the scale is 1 (multiplying by 1.0 changes nothing)."""
+        xp, g = self.xp, self.gflat
+        if not self.is_numpy:  # on the device: no host read-back (which would sync)
+            sq = xp.dot(g, g)
+            xp.multiply(g, xp.minimum(self.clip / (xp.sqrt(sq) + 1e-6), 1.0).astype(F32), out=g)
+            return
+        scale = self.clip / (math.sqrt(float(np.dot(g, g))) + 1e-6)
+        if scale < 1.0:
+            np.multiply(g, np.asarray(scale, F32), out=g)
 
     def _sigmoid_(self, z):
         xp = self.xp
@@ -280,9 +298,12 @@ class FloorMLP:
         #    = p - (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2))
         c_eps = self.c(ADAM_EPS * math.sqrt(bc2))
         c_step = self.c(self.w.lr * math.sqrt(bc2) / bc1)
+        decay = self.c_decay
         for s, e in self._chunks:
             t, t2 = self.tmp[:e - s], self.tmp2[:e - s]
             gs, ms, vs, ps = g[s:e], m[s:e], v[s:e], p[s:e]
+            if decay is not None:  # AdamW: p *= 1 - lr * wd before the Adam step
+                xp.multiply(ps, decay, out=ps)
             # m += (1 - b1) (g - m)
             xp.subtract(gs, ms, out=t)
             xp.multiply(t, self.c_1mb1, out=t)

@@ -49,6 +49,10 @@ def check_bars(entry: Dict[str, object]) -> List[Dict[str, object]]:
         elif w.bar_gpu_torch is not None and nnx.get("vs_torch") is not None:
             add("nnx-cuda / torch-cuda", nnx["vs_torch"], w.bar_gpu_torch,
                 nnx["vs_torch"] <= w.bar_gpu_torch)
+        vb = entry.get("vs_base", {}).get(f"nnx-{dev}")
+        if w.bar_clip_overhead is not None and vb is not None:
+            add(f"nnx-{dev} clip overhead ({w.key.split('@')[0]} / {w.base} step)", vb["ratio"],
+                w.bar_clip_overhead, vb["ratio"] <= w.bar_clip_overhead)
     return bars
 
 
@@ -115,6 +119,18 @@ def main_table(result: Dict[str, object]) -> str:
             first = False
         for label, why in e.get("skipped", {}).items():
             lines.append(f"{'':<24}{label:<12}  skipped: {why}")
+        vb = e.get("vs_base")
+        if vb:
+            base = next(iter(vb.values()))["base"]
+            parts = []
+            for label, v in vb.items():
+                bar = next((b for b in e.get("bars", []) if b["what"].startswith(label + " clip")),
+                           None)
+                parts.append(f"{label} {v['ratio']:.3f}" + (
+                    "" if bar is None else
+                    f" ({'ok' if bar['ok'] else 'MISS'} <={bar['limit']:.3g})"))
+            lines.append(f"{'':<24}clip overhead ({e['key']} step / {base} step, same rounds): "
+                         + ", ".join(parts))
     lines.append("load: median foreign CPU load per round (cores: other processes + hypervisor "
                  "steal); wait: median share of time some task waited for a CPU (PSI); noisy: "
                  "rounds flagged (contention or a stall), repeated and left out of the medians")

@@ -9,7 +9,7 @@ from nnx.benchmarks import contenders as C
 from nnx.benchmarks import workloads as W
 from nnx.benchmarks.conftest import DEVICES
 
-WORKLOADS = ["A", "B", "C", "B-adam", "C-adam"]
+WORKLOADS = ["A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip", "C-clip"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -20,20 +20,24 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    key: str                   # short id used on the command line: A, B, C, B-adam, C-adam
+    key: str                   # short id used on the command line: A, B, C, B-adam, C-clip, ...
     name: str                  # human name: xor, mnist-mlp, wide-mlp, ...
     sizes: Tuple[int, ...]     # layer widths, input first: (784, 256, 256, 10)
     hidden: str                # hidden activation: "relu" or "sigmoid"
     loss: str                  # "ce" (softmax cross-entropy on logits) or "bce" (sigmoid output + BCE)
     batch: int
-    optimizer: str             # "sgd" or "adam"
+    optimizer: str             # "sgd", "adam" or "adamw"
     lr: float
     momentum: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled decay (param *= 1 - lr * wd first)
+    clip: Optional[float] = None  # clip_grad_norm_(params, max_norm=clip) before each step
+    base: Optional[str] = None  # the workload this one adds to (C for C-clip): paired with it
     unit: str = "ms"           # how the table reports time per step: "us" or "ms"
     bar_floor: Optional[float] = None   # nnx/floor must be <= this (issue 5)
     bar_torch: Optional[float] = None   # nnx/torch must be <= this
     bar_gemm_share: Optional[float] = None  # nnx GFLOP/s >= this share of the GEMM rate
     bar_gpu_torch: Optional[float] = None   # nnx-cuda/torch-cuda must be <= this
+    bar_clip_overhead: Optional[float] = None  # nnx step / nnx step of ``base`` must be <= this
     n_batches: int = 4         # distinct batches cycled through (A has just the 4 XOR points)
 
     @property
@@ -94,9 +98,18 @@ WORKLOADS: Dict[str, Workload] = {
         Workload("B-adam", "mnist-mlp-adam", (784, 256, 256, 10), "relu", "ce", 128, "adam", 1e-3),
         Workload("C-adam", "wide-mlp-adam", (1024, 4096, 4096, 10), "relu", "ce", 512, "adam",
                  1e-3),
+        # issue 12: AdamW (PyTorch defaults, weight_decay 0.01) and norm clipping in the step
+        Workload("B-adamw", "mnist-mlp-adamw", (784, 256, 256, 10), "relu", "ce", 128, "adamw",
+                 1e-3, weight_decay=0.01),
+        Workload("C-adamw", "wide-mlp-adamw", (1024, 4096, 4096, 10), "relu", "ce", 512, "adamw",
+                 1e-3, weight_decay=0.01),
+        Workload("B-clip", "mnist-mlp-clip", (784, 256, 256, 10), "relu", "ce", 128, "sgd", 0.01,
+                 clip=1.0, base="B"),
+        Workload("C-clip", "wide-mlp-clip", (1024, 4096, 4096, 10), "relu", "ce", 512, "sgd",
+                 0.01, clip=1.0, base="C", bar_clip_overhead=1.03),
     ]
 }
-# Adam hyperparameters (PyTorch defaults), shared by every contender.
+# Adam / AdamW hyperparameters (PyTorch defaults), shared by every contender.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -118,7 +131,29 @@ def build_optimizer(optim, w: Workload, params):
     """``w``'s optimizer from the framework's ``optim`` module, over ``params``."""
     if w.optimizer == "sgd":
         return optim.SGD(params, lr=w.lr, momentum=w.momentum)
+    if w.optimizer == "adamw":
+        return optim.AdamW(params, lr=w.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                           weight_decay=w.weight_decay)
     return optim.Adam(params, lr=w.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+
+
+def clip_fn(nn):
+    """The framework's ``clip_grad_norm_`` (``torch.nn.utils`` / ``nnx.nn.utils``)."""
+    utils = getattr(nn, "utils", None)
+    f = getattr(utils, "clip_grad_norm_", None)
+    if f is None:
+        import importlib
+        f = importlib.import_module(nn.__name__ + ".utils").clip_grad_norm_
+    return f
+
+
+def base_of(w: Workload) -> Optional[Workload]:
+    """The workload ``w`` adds to (C for C-clip), at ``w``'s scale; None if none."""
+    if w.base is None:
+        return None
+    return dataclasses.replace(w, key=w.base + w.key[len(w.key.split("@")[0]):],
+                               name=WORKLOADS[w.base].name, clip=None, base=None,
+                               bar_clip_overhead=None)
 
 
 def get(key: str) -> Workload:

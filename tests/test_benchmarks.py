@@ -27,8 +27,10 @@ DEVICES = [pytest.param("cpu", id="cpu"),
                pytest.mark.skipif(not CUDA_OK, reason=f"no usable CUDA device: {CUDA_WHY}")])]
 
 # gradient checks: A and B at full size, C at reduced width (same structure)
-GRAD_WORKLOADS = ["A", "B", "C@128", "B-adam", "C-adam@128"]
-ALL_WORKLOADS = ["A", "B", "C", "B-adam", "C-adam"]
+GRAD_WORKLOADS = ["A", "B", "C@128", "B-adam", "C-adam@128",
+                  "B-adamw", "C-adamw@128", "B-clip", "C-clip@128"]
+ALL_WORKLOADS = ["A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw@256", "B-clip",
+                 "C-clip@256"]
 
 
 def _make(name, key, device="cpu", **kw):
@@ -63,7 +65,7 @@ def test_workload_definitions():
         W.get("nope")
 
 
-@pytest.mark.parametrize("key", ["A", "B@64", "C-adam@64"])
+@pytest.mark.parametrize("key", ["A", "B@64", "C-adam@64", "B-adamw@64", "C-clip@64"])
 def test_one_model_description_builds_both_frameworks(key):
     """torch and nnx models, losses and optimizers come from ``Workload.layers()`` and the
     ``build_*`` helpers alone: the same modules in the same order, the same parameter keys and
@@ -82,7 +84,11 @@ def test_one_model_description_builds_both_frameworks(key):
         assert [tuple(v.shape) for v in sd.values()] == [v.shape for v in p.values()]
         assert type(W.build_loss(fw_nn, w)).__name__ == W.LOSSES[w.loss]
         opt = W.build_optimizer(fw_optim, w, m.parameters())
-        assert type(opt).__name__ == {"sgd": "SGD", "adam": "Adam"}[w.optimizer]
+        assert type(opt).__name__ == {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[w.optimizer]
+        if w.optimizer == "adamw":
+            assert opt.defaults["weight_decay"] == w.weight_decay == 0.01
+        if w.clip is not None:
+            assert callable(W.clip_fn(fw_nn))
     assert want[-1] == ("Sigmoid" if w.loss == "bce" else "Linear")
 
 
@@ -120,9 +126,56 @@ def test_floor_updates_match(key, ref_name):
     for k in want:
         moved = float(np.abs(want[k] - p0[k]).max())
         assert moved > 0, f"{ref_name} did not update {k}"
-        tol = 0.05 * w.lr if w.optimizer == "adam" else 1e-5 * float(np.abs(want[k]).max())
+        tol = (0.05 * w.lr if w.optimizer.startswith("adam")
+               else 1e-5 * float(np.abs(want[k]).max()))
         err = float(np.abs(got[k] - want[k]).max())
         assert err <= tol, f"{key} {k}: floor vs {ref_name} after 3 steps: {err:.3g} > {tol:.3g}"
+
+
+def test_new_workload_definitions():
+    """Issue 12: AdamW and clipped workloads; the existing ones unchanged."""
+    for k in ("B-adamw", "C-adamw"):
+        w, a = W.get(k), W.get(k.replace("adamw", "adam"))
+        assert (w.optimizer, w.lr, w.weight_decay) == ("adamw", a.lr, 0.01)
+        assert (w.sizes, w.batch) == (a.sizes, a.batch)
+    for k in ("B-clip", "C-clip"):
+        w, s = W.get(k), W.get(k[0])
+        assert (w.clip, w.base, w.optimizer, w.lr, w.sizes, w.batch) == (
+            1.0, k[0], s.optimizer, s.lr, s.sizes, s.batch)
+        assert W.base_of(w).clip is None and W.base_of(w).key == k[0]
+    assert W.get("C-clip").bar_clip_overhead == 1.03
+    assert W.base_of(W.get("C-clip@64")).key == "C@64"
+    assert W.base_of(W.get("C-clip@64")).sizes == W.get("C@64").sizes
+    assert all(W.get(k).clip is None and W.get(k).weight_decay == 0 for k in
+               ("A", "B", "C", "B-adam", "C-adam"))
+
+
+@pytest.mark.parametrize("ref_name", ["nnx", "torch"])
+@pytest.mark.parametrize("key,change", [
+    ("C-clip@64", {"clip": 0.05}),                 # the scale is < 1: the gradients shrink
+    ("B-clip", {"clip": 0.05}),
+    ("C-adamw@64", {"weight_decay": 10.0}),        # a decay large enough to see (1% a step)
+])
+def test_floor_clip_and_decay_take_effect_and_match(key, change, ref_name):
+    """At 1.0 the clip does not bind on these batches (norm ~0.4-0.5) and AdamW's 1e-5 decay
+    is below the Adam tolerance: here they bind, and the three contenders still agree."""
+    if ref_name == "torch":
+        pytest.importorskip("torch")
+    import dataclasses
+    w = dataclasses.replace(W.get(key), **change)
+    p, b = W.init_params(w), W.make_batches(w)
+    plain = dataclasses.replace(w, clip=None, weight_decay=0.0)
+    floor, ref, floor0 = C.make("floor", w, p, b), C.make(ref_name, w, p, b), \
+        C.make("floor", plain, p, b)
+    for _ in range(3):
+        floor.step()
+        ref.step()
+        floor0.step()
+    got, want, off = floor.state_dict(), ref.state_dict(), floor0.state_dict()
+    for k in want:
+        scale = float(np.abs(want[k] - p[k]).max())
+        assert float(np.abs(got[k] - want[k]).max()) <= 1e-3 * scale + 1e-7, k
+    assert max(float(np.abs(off[k] - got[k]).max()) for k in got) > 1e-5
 
 
 def test_floor_sigmoid_bce_saturated_is_finite_and_silent():
@@ -168,7 +221,7 @@ class _FakeCupy:
             return types.SimpleNamespace(synchronize=lambda: None)
 
 
-@pytest.mark.parametrize("key", ["A", "C@64", "C-adam@64"])
+@pytest.mark.parametrize("key", ["A", "C@64", "C-adam@64", "C-adamw@64", "C-clip@64"])
 def test_floor_array_module_path_matches_numpy(key):
     """The floor's CuPy path (Python-float constants, amax, unchunked update) on a fake xp."""
     w = W.get(key)
@@ -309,6 +362,10 @@ def test_check_bars():
     assert bars == {"nnx-cpu / floor-cpu": True,
                     "nnx-cpu GFLOP/s / NumPy GEMM rate": False,
                     "nnx-cuda / torch-cuda": False}
+    e = {"key": "C-clip", "contenders": {"nnx-cpu": {"vs_floor": 1.0}},
+         "vs_base": {"nnx-cpu": {"base": "C", "ratio": 1.05, "base_time_s": 1.0}}}
+    assert {b["what"]: b["ok"] for b in report.check_bars(e)} == {
+        "nnx-cpu clip overhead (C-clip / C step)": False}  # C-clip has no floor bar
     mem = [{"workload": "C", "contender": "floor-cpu", "peak_rss": 100,
             "traced_growth_per_step": 0},
            {"workload": "C", "contender": "nnx-cpu", "peak_rss": 130,
@@ -316,6 +373,18 @@ def test_check_bars():
     mb = {b["what"].split(":")[1].strip().split(" ")[0]: b["ok"]
           for b in report.check_memory_bars(mem)}
     assert mb == {"training": False, "nnx-cpu": False}
+
+
+def test_main_smoke_clip_overhead_is_paired(capsys):
+    """C-clip's rounds also time nnx's and the floor's unclipped C step: the table's clip
+    overhead line and the bar come from those paired ratios."""
+    from nnx.benchmarks import main
+    rc = main(["--smoke", "--workloads", "C-clip", "--no-memory", "--no-micro", "--no-save"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "clip overhead (C-clip@256 step / C@256" in ln)
+    assert "nnx-cpu" in line and "floor-cpu" in line
+    assert "C-clip@256 wide-mlp-clip" in out
 
 
 def test_memory_child_reports_peak_and_growth():

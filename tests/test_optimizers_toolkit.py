@@ -1,6 +1,6 @@
 """AdamW, amsgrad, RMSprop and Adagrad (issue 12): parity with torch.optim over 50 steps in
-float64, parameter groups, state_dict round trips, the fused Adam/AdamW kernel (NumPy twin)
-against the reference rule, no host sync on the strict backend, and compile's names."""
+float64 (fused kernel and reference rule), parameter groups, state_dict round trips, the fused
+Adam/AdamW, RMSprop and Adagrad kernels (NumPy twin and CUDA kernel) against the reference rule, no host sync on the strict backend, and compile's names."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,14 +61,16 @@ CASES = {
     "adamw-wd-betas": lambda m, ps, f: m.AdamW(ps, lr=0.02, betas=(0.8, 0.99), eps=1e-6,
                                                weight_decay=0.3, **_kw(f)),
     "adamw-amsgrad": lambda m, ps, f: m.AdamW(ps, lr=0.01, weight_decay=0.1, amsgrad=True, **_kw(f)),
-    "rmsprop": lambda m, ps, f: m.RMSprop(ps),
-    "rmsprop-wd-momentum": lambda m, ps, f: m.RMSprop(ps, lr=0.005, weight_decay=0.1, momentum=0.9),
-    "rmsprop-centered": lambda m, ps, f: m.RMSprop(ps, lr=0.005, alpha=0.9, centered=True),
+    "rmsprop": lambda m, ps, f: m.RMSprop(ps, **_kw(f)),
+    "rmsprop-wd-momentum": lambda m, ps, f: m.RMSprop(ps, lr=0.005, weight_decay=0.1, momentum=0.9,
+                                                      **_kw(f)),
+    "rmsprop-centered": lambda m, ps, f: m.RMSprop(ps, lr=0.005, alpha=0.9, centered=True, **_kw(f)),
     "rmsprop-centered-momentum": lambda m, ps, f: m.RMSprop(ps, lr=0.005, alpha=0.3, momentum=0.5,
-                                                            centered=True, weight_decay=0.01),
-    "adagrad": lambda m, ps, f: m.Adagrad(ps),
+                                                            centered=True, weight_decay=0.01,
+                                                            **_kw(f)),
+    "adagrad": lambda m, ps, f: m.Adagrad(ps, **_kw(f)),
     "adagrad-all": lambda m, ps, f: m.Adagrad(ps, lr=0.05, lr_decay=0.01, weight_decay=0.1,
-                                              initial_accumulator_value=0.3, eps=1e-8),
+                                              initial_accumulator_value=0.3, eps=1e-8, **_kw(f)),
 }
 
 
@@ -82,11 +84,14 @@ def _state_close(sd_nnx, sd_torch):
             np.testing.assert_allclose(mine[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-default", "reference"])
 @pytest.mark.parametrize("groups", [False, True], ids=["one-group", "two-groups"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_parity_with_torch_50_steps(case, groups):
+def test_parity_with_torch_50_steps(case, groups, fused):
     init, grads = _problem()
-    mine, opt = _run_nnx(CASES[case], init, grads, groups)
+    mine, opt = _run_nnx(CASES[case], init, grads, groups, fused=fused)
+    if fused is None:  # the kernel runs by default (every built-in has one on the CPU backend)
+        assert all(fg.kernel is not None for fl in opt._flats for fg in fl)
     ref, topt = _run_torch(CASES[case], init, grads, groups)
     for a, b in zip(mine, ref):
         np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)
@@ -105,6 +110,111 @@ def test_fused_adam_kernel_matches_reference_rule(case):
     ref, _ = _run_nnx(CASES[case], init, grads, fused=False)
     for a, b in zip(fused, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("groups", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c.startswith(("rmsprop", "adagrad"))])
+def test_fused_rmsprop_adagrad_kernel_matches_reference_rule(case, groups):
+    # The NumPy twins follow the reference rules' op order: float64 agrees to ~1e-15.
+    init, grads = _problem(1)
+    fused, fopt = _run_nnx(CASES[case], init, grads, groups, fused=True)
+    ref, ropt = _run_nnx(CASES[case], init, grads, groups, fused=False)
+    assert all(fg.kernel is not None for fl in fopt._flats for fg in fl)
+    assert all(fg.kernel is None for fl in ropt._flats for fg in fl)
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-15, atol=1e-15)
+    sf, sr = fopt.state_dict()["state"], ropt.state_dict()["state"]
+    for k in sr:
+        for name, v in sr[k].items():
+            np.testing.assert_allclose(sf[k][name], v, rtol=1e-15, atol=1e-15, err_msg=name)
+
+
+def _rmsprop_rule64(p, g, v, b, a, lr, alpha, eps, weight_decay, momentum, centered,
+                    rnd=lambda x: x):
+    """The documented RMSprop rule in float64 (``rnd``: storage rounding of the state)."""
+    G = g + weight_decay * p if weight_decay else g
+    V = rnd(alpha * v + (1 - alpha) * G * G)
+    A = a
+    if centered:
+        w = 1 - alpha
+        A = rnd(a + w * (G - a) if w < 0.5 else G - (G - a) * (1 - w))
+        avg = np.sqrt(V - A * A) + eps
+    else:
+        avg = np.sqrt(V) + eps
+    B = b
+    if momentum > 0:
+        B = rnd(momentum * b + G / avg)
+        P = p - lr * B
+    else:
+        P = p - lr * G / avg
+    return P, V, B, A
+
+
+def _adagrad_rule64(p, g, s, clr, wd, eps, rnd=lambda x: x):
+    G = g + wd * p if wd else g
+    S = rnd(s + G * G)
+    return p - clr * G / (np.sqrt(S) + eps), S
+
+
+RMSPROP_KW = {
+    "plain": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False),
+    "wd-momentum": dict(lr=5e-3, alpha=0.9, eps=1e-8, weight_decay=0.1, momentum=0.9,
+                        centered=False),
+    "centered": dict(lr=5e-3, alpha=0.9, eps=1e-6, weight_decay=0.0, momentum=0.0, centered=True),
+    # alpha < 0.5: the lerp's second form
+    "centered-momentum-wd": dict(lr=5e-3, alpha=0.3, eps=1e-8, weight_decay=0.01, momentum=0.5,
+                                 centered=True),
+}
+
+
+def _rmsprop_state(n, dtype, seed=3):
+    rng = np.random.default_rng(seed)
+    p, g, b = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
+    a = rng.uniform(-0.1, 0.1, n)
+    v = rng.uniform(0.5, 1.5, n)  # v - a^2 stays well away from 0 after the step
+    return tuple(x.astype(dtype) for x in (p, g, v, b, a))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", sorted(RMSPROP_KW))
+def test_rmsprop_twin_vs_float64_rule(dtype, case):
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    kw = RMSPROP_KW[case]
+    n = (1 << 18) + 77  # more than one chunk
+    arrs = _rmsprop_state(n, dtype)
+    P, V, B, A = _rmsprop_rule64(*(x.astype(np.float64) for x in arrs), **kw)
+    tp, tg, tv, tb, ta = (x.copy() for x in arrs)
+    NumpyBackend().rmsprop_update_(tp, tg, tv, tb if kw["momentum"] else None,
+                                   ta if kw["centered"] else None, **kw)
+    # float16: the twin rounds every step to float16, and sqrt(v - a^2) can cancel (centered)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=5e-3, atol=1e-2)
+    np.testing.assert_allclose(tp.astype(np.float64), P, **tol)
+    np.testing.assert_allclose(tv.astype(np.float64), V, **tol)
+    np.testing.assert_allclose(tb.astype(np.float64), B, **tol)
+    np.testing.assert_allclose(ta.astype(np.float64), A, **tol)
+    assert np.array_equal(tg, arrs[1]), "grad modified"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adagrad_twin_vs_float64_rule(dtype, wd):
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(4)
+    n = (1 << 18) + 77
+    p, g = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    s = rng.uniform(0.1, 2.0, n).astype(dtype)
+    lr, lr_decay, step, eps = 0.05, 0.01, 7, 1e-8
+    clr = lr / (1 + (step - 1) * lr_decay)
+    P, S = _adagrad_rule64(p.astype(np.float64), g.astype(np.float64), s.astype(np.float64),
+                           clr, wd, eps)
+    tp, ts, tg = p.copy(), s.copy(), g.copy()
+    NumpyBackend().adagrad_update_(tp, tg, ts, clr, wd, eps)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=5e-3, atol=3e-3)
+    np.testing.assert_allclose(tp.astype(np.float64), P, **tol)
+    np.testing.assert_allclose(ts.astype(np.float64), S, **tol)
+    assert np.array_equal(tg, g), "grad modified"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -190,8 +300,18 @@ def test_hyperparameter_checks():
                                              momentum=0, centered=False)
     assert optim.Adagrad(p).defaults == dict(lr=0.01, lr_decay=0, weight_decay=0,
                                              initial_accumulator_value=0, eps=1e-10)
+    optim.RMSprop(p, fused=True)  # every built-in has a kernel on the CPU backend
+    optim.Adagrad(p, fused=True)
+
+    class SignSGD(optim.Optimizer):  # a rule without a kernel
+        def __init__(self, params, lr=0.01, fused=None):
+            super().__init__(params, dict(lr=lr), fused=fused)
+
+        def update(self, xp, param, grad, state, group, step):
+            param -= float(group["lr"]) * xp.sign(grad)
+
     with pytest.raises(ValueError, match="fused"):
-        optim.RMSprop(p, fused=True)
+        SignSGD(p, fused=True)
 
 
 @pytest.fixture
@@ -204,7 +324,8 @@ def strict():
 
 
 @pytest.mark.parametrize("case", ["adamw-amsgrad", "adam-amsgrad-wd", "rmsprop-centered-momentum",
-                                  "rmsprop", "adagrad-all"])
+                                  "rmsprop", "rmsprop-wd-momentum", "rmsprop-centered",
+                                  "adagrad", "adagrad-all"])
 @pytest.mark.parametrize("fused", [None, False])
 def test_step_makes_no_host_sync(strict, case, fused):
     from nnx import nn
@@ -213,8 +334,8 @@ def test_step_makes_no_host_sync(strict, case, fused):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
     x = nnx.tensor(np.random.default_rng(0).standard_normal((6, 4)))
     y = nnx.tensor(np.random.default_rng(1).standard_normal((6, 2)))
-    f = None if case.startswith("rmsprop") or case.startswith("adagrad") else fused
-    opt = CASES[case](optim, model.parameters(), f)
+    opt = CASES[case](optim, model.parameters(), fused)
+    assert all((fg.kernel is not None) == (fused is None) for fl in opt._flats for fg in fl)
     crit = nn.MSELoss()
     for _ in range(3):
         sb.reset_sync_count()
@@ -277,6 +398,99 @@ def test_cuda_adam_kernel_flags(cb, decoupled, amsgrad, n, dtype):
     close(cb.to_host(dm), tm, twin_tol, "exp_avg vs twin")
     if amsgrad:
         close(cb.to_host(dvm), tvm, twin_tol, "max_exp_avg_sq vs twin")
+
+
+# ------------------------------------------------------------------ the CUDA RMSprop/Adagrad kernels
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("n", [1, 33, (1 << 20) + 3])
+@pytest.mark.parametrize("case", sorted(RMSPROP_KW))
+def test_cuda_rmsprop_kernel_flags(cb, case, n, dtype):
+    from nnx.backends import cuda_kernels as ck
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    kw = RMSPROP_KW[case]
+    has_m, centered = kw["momentum"] > 0, kw["centered"]
+    arrs = _rmsprop_state(n, dtype, seed=5)
+    P, V, B, A = _rmsprop_rule64(*(x.astype(np.float64) for x in arrs), **kw,
+                                 rnd=lambda x: storage_round(x, dtype))
+    dp, dg, dv, db, da = (cb.asarray(x) for x in arrs)
+    with Launches() as L:
+        cb.rmsprop_update_(dp, dg, dv, db if has_m else None, da if centered else None, **kw)
+    assert L.delta == {f"nnx_rmsprop_{ck.DTYPE_SUFFIX[np.dtype(dtype).name]}": 1}
+    tol = OPT_TOL[dtype]
+    close(cb.to_host(dp), P, tol, "param")
+    close(cb.to_host(dv), V, tol, "square_avg")
+    close(cb.to_host(db), B, tol, "momentum_buffer")
+    close(cb.to_host(da), A, tol, "grad_avg")
+    assert np.array_equal(cb.to_host(dg), arrs[1]), "grad modified"
+    if not has_m:
+        assert np.array_equal(cb.to_host(db), arrs[3]), "momentum_buffer touched without momentum"
+    if not centered:
+        assert np.array_equal(cb.to_host(da), arrs[4]), "grad_avg touched without centered"
+    tp, tg, tv, tb, ta = (x.copy() for x in arrs)
+    NumpyBackend().rmsprop_update_(tp, tg, tv, tb if has_m else None, ta if centered else None,
+                                   **kw)
+    # float16: the twin rounds each op to float16; momentum * buf + g / avg can cancel
+    twin_tol = {np.float16: (5e-3, 1e-2), np.float32: (1e-5, 1e-6)}.get(dtype, (1e-12, 1e-14))
+    close(cb.to_host(dp), tp, twin_tol, "param vs twin")
+    close(cb.to_host(dv), tv, twin_tol, "square_avg vs twin")
+    close(cb.to_host(db), tb, twin_tol, "momentum_buffer vs twin")
+    close(cb.to_host(da), ta, twin_tol, "grad_avg vs twin")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("n", [1, 33, (1 << 20) + 3])
+@pytest.mark.parametrize("wd", [0.0, 0.1], ids=["plain", "wd"])
+def test_cuda_adagrad_kernel_flags(cb, wd, n, dtype):
+    from nnx.backends import cuda_kernels as ck
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    lr, lr_decay, step, eps = 0.05, 0.01, 4, 1e-8
+    clr = lr / (1 + (step - 1) * lr_decay)
+    p, g, _, s = rnd_state(n, dtype)
+    P, S = _adagrad_rule64(p.astype(np.float64), g.astype(np.float64), s.astype(np.float64),
+                           clr, wd, eps, rnd=lambda x: storage_round(x, dtype))
+    dp, dg, ds = (cb.asarray(a) for a in (p, g, s))
+    with Launches() as L:
+        cb.adagrad_update_(dp, dg, ds, clr, wd, eps)
+    assert L.delta == {f"nnx_adagrad_{ck.DTYPE_SUFFIX[np.dtype(dtype).name]}": 1}
+    tol = OPT_TOL[dtype]
+    close(cb.to_host(dp), P, tol, "param")
+    close(cb.to_host(ds), S, tol, "sum")
+    assert np.array_equal(cb.to_host(dg), g), "grad modified"
+    tp, ts = p.copy(), s.copy()
+    NumpyBackend().adagrad_update_(tp, g.copy(), ts, clr, wd, eps)
+    twin_tol = {np.float16: (5e-3, 2e-3), np.float32: (1e-5, 1e-6)}.get(dtype, (1e-12, 1e-14))
+    close(cb.to_host(dp), tp, twin_tol, "param vs twin")
+    close(cb.to_host(ds), ts, twin_tol, "sum vs twin")
+
+
+def test_cuda_rmsprop_adagrad_strided(cb):
+    # Strided views go through contiguous copies and are written back (as adam_update_).
+    rng = np.random.default_rng(8)
+    n = 66
+    p, g, v, b, a = _rmsprop_state(n, np.float64, seed=8)
+    s = rng.uniform(0.5, 1.5, n)
+    kw = RMSPROP_KW["centered-momentum-wd"]
+    want = [x.copy() for x in (p, v, b, a)]
+    from nnx.backends.numpy_backend import NumpyBackend
+
+    nb = NumpyBackend()
+    w0, w1, w2, w3 = (x[1::2].copy() for x in want)
+    nb.rmsprop_update_(w0, g[1::2].copy(), w1, w2, w3, **kw)
+    dp, dg, dv, db, da = (cb.asarray(x) for x in (p, g, v, b, a))
+    cb.rmsprop_update_(dp[1::2], dg[1::2], dv[1::2], db[1::2], da[1::2], **kw)
+    for got, orig, w in zip((dp, dv, db, da), (p, v, b, a), (w0, w1, w2, w3)):
+        got = cb.to_host(got)
+        close(got[1::2], w, (1e-12, 1e-14))
+        assert np.array_equal(got[0::2], orig[0::2])
+    ws, wp = s[1::2].copy(), p[1::2].copy()
+    nb.adagrad_update_(wp, g[1::2].copy(), ws, 0.05, 0.1, 1e-10)
+    dp, ds = cb.asarray(p), cb.asarray(s)
+    cb.adagrad_update_(dp[1::2], dg[1::2], ds[1::2], 0.05, 0.1, 1e-10)
+    close(cb.to_host(dp)[1::2], wp, (1e-12, 1e-14))
+    close(cb.to_host(ds)[1::2], ws, (1e-12, 1e-14))
+    assert np.array_equal(cb.to_host(dp)[0::2], p[0::2])
 
 
 # ------------------------------------------------------------------ Keras names

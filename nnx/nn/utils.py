@@ -49,8 +49,9 @@ def _chunk_norm(xp, g, p):
         return xp.max(xp.abs(g))
     if p == -math.inf:
         return xp.min(xp.abs(g))
-    if p == 2:
-        return xp.sum(g * g)
+    if p == 2:  # one BLAS dot: no temporary of the gradient's size
+        v = g.reshape(-1)
+        return xp.dot(v, v)
     if p == 1:
         return xp.sum(xp.abs(g))
     if p == 0:
@@ -100,6 +101,8 @@ def _clip_norm(chunks, max_norm, p, error_if_nonfinite):
             f"so it cannot be clipped. To disable this error and scale the gradients by the "
             f"non-finite norm anyway, set `error_if_nonfinite=False`")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(dtype)  # on the device: no sync
+    if backend.name == "numpy" and scale >= 1:  # a host value already: skip a pass that
+        return _wrap(total, backend)              # would multiply by exactly 1
     for b, g in chunks:
         g *= scale if b is backend else b.asarray(backend.to_host(scale))
     return _wrap(total, backend)

@@ -35,8 +35,8 @@ State arrays (named in ``state_names``) start as zeros of the parameter's shape 
 number of this step for this parameter, from 1.
 
 The optimizers here: ``SGD``, ``Adam`` and ``AdamW`` (both with ``amsgrad``; one fused kernel,
-``adam_update_``), ``RMSprop`` (momentum, centered) and ``Adagrad`` (reference rules only for
-these two: no fused kernel yet).
+``adam_update_``), ``RMSprop`` (momentum, centered; ``rmsprop_update_``) and ``Adagrad``
+(``adagrad_update_``).
 """
 from __future__ import annotations
 
@@ -611,9 +611,10 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """RMSprop with PyTorch's rule (see ``update``): optional L2 weight decay, momentum (state
     ``momentum_buffer``) and ``centered`` (state ``grad_avg``: divides by the estimated
-    variance instead of the second moment). Runs its reference rule (no fused kernel yet)."""
+    variance instead of the second moment). ``fused``: see ``Optimizer``."""
 
     state_names = ("square_avg", "momentum_buffer", "grad_avg")
+    kernel = "rmsprop_update_"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, fused=None):
@@ -654,13 +655,21 @@ class RMSprop(Optimizer):
         else:
             param += -lr * grad / avg  # param.addcdiv_(grad, avg, value=-lr)
 
+    def kernel_args(self, state, group, step):
+        mom, centered = float(group["momentum"]), bool(group["centered"])
+        return (state["square_avg"], state["momentum_buffer"] if mom > 0 else None,
+                state["grad_avg"] if centered else None, float(group["lr"]),
+                float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), mom,
+                centered)
+
 
 class Adagrad(Optimizer):
     """Adagrad with PyTorch's rule (see ``update``): state ``sum`` starts at
     ``initial_accumulator_value``; the learning rate decays as ``lr / (1 + (step - 1) *
-    lr_decay)``. Runs its reference rule (no fused kernel yet)."""
+    lr_decay)``. ``fused``: see ``Optimizer``."""
 
     state_names = ("sum",)
+    kernel = "adagrad_update_"
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                  eps=1e-10, *, fused=None):
@@ -684,6 +693,11 @@ class Adagrad(Optimizer):
         std = xp.sqrt(state_sum)  # state_sum.sqrt().add_(eps)
         std += eps
         param += -clr * grad / std  # param.addcdiv_(grad, std, value=-clr)
+
+    def kernel_args(self, state, group, step):
+        lr, lr_decay = float(group["lr"]), float(group["lr_decay"])
+        clr = lr / (1 + (step - 1) * lr_decay)  # on the host, as the reference rule
+        return (state["sum"], clr, float(group["weight_decay"]), float(group["eps"]))
 
 
 from . import lr_scheduler  # noqa: E402  (it imports nothing from here: no circle)
