@@ -101,6 +101,16 @@ class Backend(abc.ABC):
     def seed(self, seed: int) -> None:
         """Reseed this backend's generator (``nnx.manual_seed``)."""
 
+    def get_rng_state(self) -> dict:
+        """The generator's state as nested dicts of ints and strings (``nnx.get_rng_state``)."""
+        raise NotImplementedError(f"get_rng_state: the {self.name} backend's generator state "
+                                  f"cannot be read; reseed with nnx.manual_seed instead")
+
+    def set_rng_state(self, state: dict) -> None:
+        """Put back a state from ``get_rng_state`` (``nnx.set_rng_state``)."""
+        raise NotImplementedError(f"set_rng_state: the {self.name} backend's generator state "
+                                  f"cannot be set; reseed with nnx.manual_seed instead")
+
     @abc.abstractmethod
     def uniform(self, low: float, high: float, shape, dtype):
         """Array of ``shape`` drawn from U(low, high) in ``dtype``."""

@@ -88,6 +88,18 @@ class NumpyBackend(Backend):
     def seed(self, seed):
         self._rng = np.random.default_rng(seed)
 
+    def get_rng_state(self):
+        return {"backend": self.name, "bit_generator": self._rng.bit_generator.state}
+
+    def set_rng_state(self, state):
+        try:
+            bg_state = state["bit_generator"]
+            bg = getattr(np.random, bg_state["bit_generator"])()
+            bg.state = bg_state
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"set_rng_state: not a state from nnx.get_rng_state ({e})") from None
+        self._rng = np.random.Generator(bg)
+
     # float32 and float64 are drawn in their own dtype: drawing float64 and casting made a
     # transient twice the parameter's size (128 MB for a 4096x4096 float32 layer)
     def uniform(self, low, high, shape, dtype):

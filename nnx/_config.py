@@ -297,30 +297,9 @@ def get_rng_state(device=None):
     dicts of ints and strings that ``nnx.save`` stores; ``set_rng_state`` puts it back, so
     dropout masks and shuffling continue exactly after a resume. NotImplementedError on CUDA
     (CuPy's cuRAND generator has no state to read)."""
-    b = backend_for(device)
-    own = getattr(b, "get_rng_state", None)
-    if own is not None:
-        return own()
-    rng = getattr(b, "_rng", None)
-    if not isinstance(rng, np.random.Generator):
-        raise NotImplementedError(f"get_rng_state: the {b.name} backend's generator state "
-                                  f"cannot be read; reseed with nnx.manual_seed instead")
-    return {"backend": b.name, "bit_generator": rng.bit_generator.state}
+    return backend_for(device).get_rng_state()
 
 
 def set_rng_state(state, device=None) -> None:
     """Restore a state from ``get_rng_state`` into ``device``'s generator."""
-    b = backend_for(device)
-    own = getattr(b, "set_rng_state", None)
-    if own is not None:
-        return own(state)
-    if not isinstance(getattr(b, "_rng", None), np.random.Generator):
-        raise NotImplementedError(f"set_rng_state: the {b.name} backend's generator state "
-                                  f"cannot be set; reseed with nnx.manual_seed instead")
-    try:
-        bg_state = state["bit_generator"]
-        bg = getattr(np.random, bg_state["bit_generator"])()
-        bg.state = bg_state
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"set_rng_state: not a state from nnx.get_rng_state ({e})") from None
-    b._rng = np.random.Generator(bg)
+    backend_for(device).set_rng_state(state)
