@@ -46,3 +46,16 @@ def _reset_nnx_state():
     nnx.set_default_dtype("float32")
     nnx.set_device("cpu")
     nnx.set_detect_anomaly(False)
+
+
+@pytest.fixture
+def strict():
+    """The strict backend (device-like NumPy arrays that count host syncs) as the default
+    device, its sync counter reset (yields the strict_backend module); the CPU again afterwards."""
+    from nnx.backends import strict_backend as sb
+
+    backends.register_strict()
+    nnx.set_device("strict")
+    sb.reset_sync_count()
+    yield sb
+    nnx.set_device("cpu")

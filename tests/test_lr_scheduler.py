@@ -361,17 +361,6 @@ def test_training_with_a_scheduler_equals_setting_lr_by_hand(opt_name, sched):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
 
 
-@pytest.fixture
-def strict():
-    from nnx import backends
-    backends.register_strict()
-    nnx.set_device("strict")
-    from nnx.backends import strict_backend as sb
-    sb.reset_sync_count()
-    yield sb
-    nnx.set_device("cpu")
-
-
 @pytest.mark.parametrize("sched", sorted(TRAIN_SCHEDS))
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
 def test_scheduled_training_makes_no_host_sync(strict, opt_name, sched):

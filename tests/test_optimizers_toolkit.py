@@ -314,15 +314,6 @@ def test_hyperparameter_checks():
         SignSGD(p, fused=True)
 
 
-@pytest.fixture
-def strict():
-    backends.register_strict()
-    nnx.set_device("strict")
-    sb.reset_sync_count()
-    yield
-    nnx.set_device("cpu")
-
-
 @pytest.mark.parametrize("case", ["adamw-amsgrad", "adam-amsgrad-wd", "rmsprop-centered-momentum",
                                   "rmsprop", "rmsprop-wd-momentum", "rmsprop-centered",
                                   "adagrad", "adagrad-all"])

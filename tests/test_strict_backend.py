@@ -13,15 +13,6 @@ from nnx.backends import strict_backend as sb
 from nnx import nn, optim
 
 
-@pytest.fixture
-def strict():
-    backends.register_strict()
-    nnx.set_device("strict")
-    sb.reset_sync_count()
-    yield
-    nnx.set_device("cpu")
-
-
 def _syncs():
     return sb.sync_counts["count"], [w for w, _ in sb.sync_counts["where"]]
 

@@ -91,15 +91,6 @@ def test_clip_grad_value_matches_torch():
             np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy())
 
 
-@pytest.fixture
-def strict():
-    backends.register_strict()
-    nnx.set_device("strict")
-    sb.reset_sync_count()
-    yield
-    nnx.set_device("cpu")
-
-
 @pytest.mark.parametrize("norm_type", [2.0, math.inf])
 def test_clip_grad_norm_no_host_sync(strict, norm_type):
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
