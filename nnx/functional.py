@@ -345,7 +345,7 @@ def _defer_check(out, bad, make_error):
     out._checks = checks
 
 
-def _reduce(loss_el, reduction, n):
+def _reduce(loss_el, reduction):
     if reduction == "mean":
         return loss_el.mean()
     if reduction == "sum":
@@ -361,7 +361,7 @@ class MSELoss(Function):
         d = p - t
         self.d = d
         sq = d * d
-        return _reduce(sq, self.reduction, d.size)
+        return _reduce(sq, self.reduction)
 
     def backward(self, gy):
         d = self.d
@@ -550,7 +550,7 @@ class BCEWithLogits(Function):
         xp = self.xp
         el = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
         self.x, self.t = x, t
-        return _reduce(el, self.reduction, x.size)
+        return _reduce(el, self.reduction)
 
     def backward(self, gy):
         x, t = self.x, self.t
@@ -748,13 +748,13 @@ def _difference(input, target, reduction, name):
 
 def l1_loss(input, target, reduction="mean"):
     """Mean absolute error: mean(|input - target|). Shapes must match exactly."""
-    return _reduce(_difference(input, target, reduction, "l1_loss").abs(), reduction, None)
+    return _reduce(_difference(input, target, reduction, "l1_loss").abs(), reduction)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0):
     """The Huber loss (quadratic below ``delta``, linear above), as ``torch.nn.HuberLoss``."""
     d = _difference(input, target, reduction, "huber_loss")
-    return _reduce(Huber(float(delta)).apply(d), reduction, None)
+    return _reduce(Huber(float(delta)).apply(d), reduction)
 
 
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
@@ -762,7 +762,7 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     if beta == 0:
         return l1_loss(input, target, reduction)
     d = _difference(input, target, reduction, "smooth_l1_loss")
-    return _reduce(Huber(float(beta)).apply(d), reduction, None) * (1.0 / beta)
+    return _reduce(Huber(float(beta)).apply(d), reduction) * (1.0 / beta)
 
 
 # ---------------------------------------------------------------------- one_hot, normalize
@@ -775,10 +775,11 @@ def one_hot(labels, num_classes=-1):
     if t.dtype.kind not in "iu":
         raise LabelError(f"one_hot: labels must be an integer tensor, got dtype {labels.dtype}")
     xp = labels._backend.xp
-    c = int(t.max()) + 1 if num_classes == -1 and t.size else int(num_classes)
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= c):
-        raise LabelError(f"one_hot: labels must lie in [0, {c}), got values in "
-                         f"[{int(t.min())}, {int(t.max())}]")
+    lo, hi = (int(v) for v in labels._backend.to_host(xp.stack([t.min(), t.max()]))) \
+        if t.size else (0, -1)  # one host read for both
+    c = hi + 1 if num_classes == -1 else int(num_classes)
+    if t.size and (lo < 0 or hi >= c):
+        raise LabelError(f"one_hot: labels must lie in [0, {c}), got values in [{lo}, {hi}]")
     return _wrap((t[..., None] == xp.arange(c)).astype(np.int64), labels._backend)
 
 

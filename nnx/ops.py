@@ -592,9 +592,9 @@ class Var(Function):
         self.axis, self.keepdims, self.correction = axis, keepdims, correction
 
     def forward(self, x):
-        d = x - x.mean(axis=self.axis, keepdims=True)
-        axes = range(x.ndim) if self.axis is None else np.atleast_1d(self.axis)
-        n = int(np.prod([x.shape[a] for a in axes]))
+        m = x.mean(axis=self.axis, keepdims=True)
+        d = x - m
+        n = x.size // m.size if m.size else 0  # the reduced count, as Mean has it
         self.d, self.den = d, builtins.max(n - self.correction, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (d * d).sum(axis=self.axis, keepdims=self.keepdims) / self.den

@@ -46,20 +46,19 @@ def resolve_loss(loss):
     raise TypeError(f"compile: loss must be a name or a callable, got {type(loss).__name__}")
 
 
+def _clipped_probs(p):
+    """Keras's cross-entropies on probabilities: normalized over the last axis, clipped to
+    [1e-7, 1 - 1e-7]."""
+    return ops.clip(p / ops.sum(p, axis=-1, keepdims=True), EPSILON, 1.0 - EPSILON)
+
+
 def _cce_on_probs(p, t):
-    """Keras's categorical cross-entropy on probabilities: normalize, clip at 1e-7, -sum t log p."""
-    p = p / ops.sum(p, axis=-1, keepdims=True)
-    p = ops.clip(p, EPSILON, 1.0 - EPSILON)
-    return ops.mean(-ops.sum(t * ops.log(p), axis=-1))
+    """Keras's categorical cross-entropy on probabilities: -sum t log p, batch mean."""
+    return ops.mean(-ops.sum(t * ops.log(_clipped_probs(p)), axis=-1))
 
 
 def _sparse_on_probs(p, t):
-    p = p / ops.sum(p, axis=-1, keepdims=True)
-    return F.nll_loss(ops.log(ops.clip(p, EPSILON, 1.0 - EPSILON)), t)
-
-
-def _mae(o, t):
-    return ops.mean(ops.abs(o - t))
+    return F.nll_loss(ops.log(_clipped_probs(p)), t)
 
 
 def loss_fn(name, head):
@@ -74,7 +73,7 @@ def loss_fn(name, head):
     if name == "mse":
         return F.mse_loss
     if name == "mae":
-        return _mae
+        return F.l1_loss
     raise ValueError(name)
 
 
@@ -117,15 +116,8 @@ def _per_sample(name, head):
     if head == "softmax":
         return lambda o, t: F.cross_entropy(o, t, reduction="none")
     if name == "categorical_crossentropy":
-        def categorical(p, t):
-            p = ops.clip(p / ops.sum(p, axis=-1, keepdims=True), EPSILON, 1.0 - EPSILON)
-            return -ops.sum(t * ops.log(p), axis=-1)
-        return categorical
-
-    def sparse(p, t):
-        p = ops.clip(p / ops.sum(p, axis=-1, keepdims=True), EPSILON, 1.0 - EPSILON)
-        return F.nll_loss(ops.log(p), t, reduction="none")
-    return sparse
+        return lambda p, t: -ops.sum(t * ops.log(_clipped_probs(p)), axis=-1)
+    return lambda p, t: F.nll_loss(ops.log(_clipped_probs(p)), t, reduction="none")
 
 
 def class_weighted(setup, head, class_weight, backend, dtype):

@@ -82,7 +82,7 @@ def _clip_norm(chunks, max_norm, p, error_if_nonfinite):
         part = _chunk_norm(b.xp, g, p)
         if b is not backend:
             part = backend.asarray(b.to_host(part))
-        part = part.astype(dtype)
+        part = part.astype(dtype, copy=False)
         if total is None:
             total = part
         elif p == math.inf:
@@ -101,8 +101,8 @@ def _clip_norm(chunks, max_norm, p, error_if_nonfinite):
             f"so it cannot be clipped. To disable this error and scale the gradients by the "
             f"non-finite norm anyway, set `error_if_nonfinite=False`")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(dtype)  # on the device: no sync
-    if backend.name == "numpy" and scale >= 1:  # a host value already: skip a pass that
-        return _wrap(total, backend)              # would multiply by exactly 1
+    if type(scale) in (np.ndarray, np.float16, np.float32, np.float64) and scale >= 1:
+        return _wrap(total, backend)  # a host value (the CPU): skip multiplying by exactly 1
     for b, g in chunks:
         g *= scale if b is backend else b.asarray(backend.to_host(scale))
     return _wrap(total, backend)

@@ -291,13 +291,14 @@ class Optimizer:
         for j, fg in enumerate(flats):
             if not fg.valid():  # a parameter was moved or re-created: rebuild, keeping state
                 fresh = self._flatten(fg.params)
+                where = {id(p): i for i, p in enumerate(fg.params)}  # index in the old group
                 for nf in fresh:
                     for i, p in enumerate(nf.params):
-                        nf.set_param_step(i, fg.param_step(_index(fg.params, p)))
+                        nf.set_param_step(i, fg.param_step(where[id(p)]))
                     for name, buf in fg.state.items():
                         nb = nf.state_buffer(name)
                         for i, p in enumerate(nf.params):
-                            old_i = _index(fg.params, p)
+                            old_i = where[id(p)]
                             src = fg.view(buf, old_i)
                             nf.view(nb, i)[...] = nf.backend.asarray(
                                 fg.backend.to_host(src)) if nf.backend is not fg.backend else src.astype(nf.dtype)
@@ -474,13 +475,6 @@ class Optimizer:
                     lines.append(f"    {k}: {g[k]}")
         lines.append(")")
         return "\n".join(lines)
-
-
-def _index(seq, obj):
-    for i, x in enumerate(seq):
-        if x is obj:
-            return i
-    raise ValueError("parameter not found")
 
 
 class SGD(Optimizer):
