@@ -129,6 +129,12 @@ def _preamble(sfx: str) -> str:
     return _PREAMBLE_COMMON + _PREAMBLE[sfx] + _MATH[_ACC[sfx]]
 
 
+def preamble(sfx: str) -> str:
+    """The type preamble of a module of dtype suffix ``sfx`` (``nnx_t``, ``nnx_acc``, ``nnx_ld``,
+    ``nnx_st`` and the math functions), for kernel families defined in other modules."""
+    return _preamble(sfx)
+
+
 # ------------------------------------------------------------------------------ elementwise
 # Scalar device functions of the activations (nnx_acc in, nnx_acc out), one pair per entry of
 # ``backends.activations``: nnx_act_<name>(x, slope) and nnx_act_<name>_bwd(s, g, slope).
@@ -624,7 +630,25 @@ def _optim_source(sfx: str) -> str:
 
 
 # ------------------------------------------------------------------------------ registry
+#: Kernel families defined beside their op in other modules of ``backends`` (convolution,
+#: pooling, ...): family name -> ``(sources, kernel_names)``, where ``sources()`` returns
+#: ``{module: CUDA source}`` and ``kernel_names(module)`` the kernels a module defines.
+_FAMILIES: dict = {}
+
+
+def register_family(name: str, sources, kernel_names) -> None:
+    """Add a kernel family defined outside this module (the op's own module keeps its NumPy
+    path, CUDA source and launch wrapper side by side); its modules join ``SOURCES``, so NVRTC
+    checks and the emulated-kernel tests see them like the built-in ones."""
+    _FAMILIES[name] = (sources, kernel_names)
+    _refresh(name)
+
+
 def _kernel_names(mod: str) -> tuple[str, ...]:
+    for _sources, names in _FAMILIES.values():
+        found = names(mod)
+        if found is not None:
+            return tuple(found)
     family, _, sfx = mod.rpartition("_")
     if mod == "ce_common":
         return ("nnx_ce_count_i32", "nnx_ce_count_i64")
@@ -652,6 +676,8 @@ def _build_sources() -> dict[str, str]:
         sources[f"softmax_ce_{sfx}"] = _softmax_ce_source(sfx)
         sources[f"optim_{sfx}"] = _optim_source(sfx)
     sources["ce_common"] = _ce_common_source()
+    for family_sources, _names in _FAMILIES.values():
+        sources.update(family_sources())
     return sources
 
 
