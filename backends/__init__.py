@@ -10,6 +10,8 @@ import threading
 
 from .base import ACTIVATIONS, Backend
 from .numpy_backend import NumpyBackend
+from . import pooling  # noqa: F401  (registers the pooling CUDA kernels)
+from . import conv  # noqa: F401  (registers the conv CUDA kernels)
 
 __all__ = ["ACTIVATIONS", "Backend", "NumpyBackend", "CudaUnavailableError", "get_backend",
            "backend_of", "parse_device", "register_backend", "register_strict", "cuda_status", "cuda_available", "all_backends"]

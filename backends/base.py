@@ -249,5 +249,57 @@ class Backend(abc.ABC):
         caller on the host (a Python float).
         """
 
+    @abc.abstractmethod
+    def adadelta_update_(self, param, grad, square_avg, acc_delta, lr: float, rho: float,
+                         eps: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
+        """One Adadelta step in place (PyTorch's rule), one pass over flat arrays.
+
+        g = -grad (maximize) or grad; g = g + weight_decay * param; v = rho v + (1 - rho) g^2;
+        delta = sqrt(u + eps) / sqrt(v + eps) * g; u = rho u + (1 - rho) delta^2;
+        param -= lr delta (v: ``square_avg``, u: ``acc_delta``).
+        """
+
+    # ------------------------------------------------------------------ pooling
+    # x and gy are (*, H, W) / (*, OH, OW); ``win`` is a ``backends.pooling.Window``. The NumPy
+    # twins and CUDA kernels are in ``backends.pooling``.
+    def max_pool2d_forward(self, x, win):
+        """(y, argmax): window maxima and each one's row-major position in its window (the
+        first maximum; NaN wins), an integer array of y's shape."""
+        raise NotImplementedError(f"max_pool2d: not supported by the {self.name} backend")
+
+    def max_pool2d_backward(self, gy, argmax, win, in_hw):
+        """gx (*, H, W): each gy added at its window's argmax."""
+        raise NotImplementedError(f"max_pool2d: not supported by the {self.name} backend")
+
+    def avg_pool2d_forward(self, x, win):
+        """Window means with PyTorch's divisor (count_include_pad, divisor_override)."""
+        raise NotImplementedError(f"avg_pool2d: not supported by the {self.name} backend")
+
+    def avg_pool2d_backward(self, gy, win, in_hw):
+        """gx (*, H, W) of ``avg_pool2d_forward``."""
+        raise NotImplementedError(f"avg_pool2d: not supported by the {self.name} backend")
+
+    def adaptive_avg_pool2d_forward(self, x, out_hw):
+        """Means over PyTorch's adaptive windows [floor(i H/OH), ceil((i+1) H/OH))."""
+        raise NotImplementedError(f"adaptive_avg_pool2d: not supported by the {self.name} backend")
+
+    def adaptive_avg_pool2d_backward(self, gy, in_hw):
+        """gx (*, H, W) of ``adaptive_avg_pool2d_forward``."""
+        raise NotImplementedError(f"adaptive_avg_pool2d: not supported by the {self.name} backend")
+
+    # ------------------------------------------------------------------ convolution
+    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True):
+        """2-D convolution (cross-correlation, as PyTorch): x (N, C, H, W), weight
+        (O, C/groups, kh, kw), bias (O,) or None, ``geometry`` a ``backends.conv.Geometry``
+        (validated by the caller). Returns ``(y, saved)``: y (N, O, OH, OW) (its strides are the
+        backend's choice) and what ``conv2d_backward`` needs (None unless ``save``)."""
+        raise NotImplementedError(f"conv2d: the {self.name} backend has no convolution")
+
+    def conv2d_backward(self, x, weight, gy, saved, geometry, need_x: bool = True,
+                        need_w: bool = True, need_b: bool = True):
+        """``(gx, gw, gb)`` of the convolution for the output gradient ``gy``; an entry not
+        asked for is None. ``saved`` is what ``conv2d_forward(save=True)`` returned."""
+        raise NotImplementedError(f"conv2d: the {self.name} backend has no convolution")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} device={self.device!r}>"

@@ -90,7 +90,8 @@ def _math_functions(t: str, f: str) -> str:
     """nnx_exp/log/tanh/sqrt/abs/max of type ``t`` over the CUDA math function of suffix ``f``."""
     one = "".join(f"__device__ __forceinline__ {t} nnx_{n}({t} v) {{ return {c}{f}(v); }}\n"
                   for n, c in (("exp", "exp"), ("log", "log"), ("tanh", "tanh"), ("sqrt", "sqrt"),
-                               ("abs", "fabs")))
+                               ("abs", "fabs"), ("erfc", "erfc"), ("log1p", "log1p"),
+                               ("expm1", "expm1")))
     return one + f"__device__ __forceinline__ {t} nnx_max({t} a, {t} b) {{ return fmax{f}(a, b); }}\n"
 
 
@@ -501,7 +502,8 @@ def _softmax_ce_source(sfx: str) -> str:
 # Python floats: one_minus_dampening = 1 - dampening; for Adam step_size = lr / (1 - beta1**t),
 # bc2_sqrt = sqrt(1 - beta2**t), one_minus_beta{1,2} = 1 - beta{1,2}, AdamW's decay =
 # 1 - lr * weight_decay; for RMSprop one_minus_alpha = 1 - alpha and the lerp weights w = 1 - alpha,
-# one_minus_w = 1 - w; Adagrad's clr = lr / (1 + (step - 1) * lr_decay). float16 state is rounded
+# one_minus_w = 1 - w; Adagrad's clr = lr / (1 + (step - 1) * lr_decay); Adadelta's
+# one_minus_rho = 1 - rho. float16 state is rounded
 # to float16 before it is used further, as PyTorch does with float16 tensors.
 _OPTIM_TEMPLATE = r"""
 // PyTorch SGD: d = g + wd*p; buf = d (first step) or momentum*buf + (1-dampening)*d;
@@ -622,6 +624,29 @@ nnx_adagrad_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
         param[i] = nnx_st(p - clr * g / den);
     }}
 }}
+
+// PyTorch Adadelta: g = -grad (maximize) or grad; g = g + wd*p; v = rho*v + (1-rho)*g*g;
+// delta = sqrt(u + eps) / sqrt(v + eps) * g; u = rho*u + (1-rho)*delta*delta; p = p - lr*delta
+// (v: square_avg, u: acc_delta).
+extern "C" __global__ void __launch_bounds__({block})
+nnx_adadelta_{sfx}(nnx_t* __restrict__ param, const nnx_t* __restrict__ grad,
+                   nnx_t* __restrict__ square_avg, nnx_t* __restrict__ acc_delta,
+                   const nnx_i64 n, const nnx_acc lr, const nnx_acc rho,
+                   const nnx_acc one_minus_rho, const nnx_acc eps, const nnx_acc weight_decay,
+                   const int maximize) {{
+    const nnx_i64 stride = (nnx_i64)gridDim.x * blockDim.x;
+    for (nnx_i64 i = (nnx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
+        const nnx_acc p = nnx_ld(param[i]);
+        const nnx_acc g0 = nnx_ld(grad[i]);
+        const nnx_acc g = nnx_decayed(maximize ? -g0 : g0, p, weight_decay);
+        const nnx_acc v = nnx_round(rho * nnx_ld(square_avg[i]) + one_minus_rho * g * g);
+        square_avg[i] = nnx_st(v);
+        const nnx_acc u0 = nnx_ld(acc_delta[i]);
+        const nnx_acc delta = nnx_round(nnx_sqrt(u0 + eps) / nnx_sqrt(v + eps) * g);
+        acc_delta[i] = nnx_st(nnx_round(rho * u0 + one_minus_rho * delta * delta));
+        param[i] = nnx_st(p - lr * delta);
+    }}
+}}
 """
 
 
@@ -664,7 +689,8 @@ def _kernel_names(mod: str) -> tuple[str, ...]:
         names.append(f"nnx_ce_reduce_{sfx}")
         return tuple(names)
     if family == "optim":
-        return (f"nnx_sgd_{sfx}", f"nnx_adam_{sfx}", f"nnx_rmsprop_{sfx}", f"nnx_adagrad_{sfx}")
+        return (f"nnx_sgd_{sfx}", f"nnx_adam_{sfx}", f"nnx_rmsprop_{sfx}", f"nnx_adagrad_{sfx}",
+                f"nnx_adadelta_{sfx}")
     raise KeyError(mod)
 
 

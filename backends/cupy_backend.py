@@ -11,7 +11,7 @@ Layout rules of the kernel wrappers:
   place) or a strided view: a non-contiguous ``out`` receives the result through a contiguous
   temporary. ``out`` must not partially overlap an input (identical or disjoint only).
 * In-place methods (``bias_act_``, ``sgd_update_``, ``adam_update_``, ``rmsprop_update_``,
-  ``adagrad_update_``) accept strided arrays the
+  ``adagrad_update_``, ``adadelta_update_``) accept strided arrays the
   same way: they work on contiguous copies and write the results back. Flat contiguous buffers
   (the optimizers' layout) take the one-launch path with no copy.
 * Hyperparameters are passed to the kernels as ``numpy.float32`` for float16/float32 arrays and
@@ -25,6 +25,8 @@ import numpy as np
 
 from . import cuda_kernels as ck
 from . import activations as _acts
+from . import conv as _conv
+from . import pooling as _pool
 from .base import Backend, check_reduction
 
 _LABEL_DTYPES = ("int32", "int64")
@@ -398,18 +400,61 @@ class CupyBackend(Backend):
                 if orig is not grad:
                     orig[...] = tmp
 
+    # ------------------------------------------------------------------ convolution
+    # im2col/col2im kernels + cuBLAS GEMMs; see ``backends.conv``.
+    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True):
+        return _conv.cupy_forward(self, x, weight, bias, geometry, save)
+
+    def conv2d_backward(self, x, weight, gy, saved, geometry, need_x: bool = True,
+                        need_w: bool = True, need_b: bool = True):
+        return _conv.cupy_backward(self, x, weight, gy, saved, geometry, need_x, need_w, need_b)
+
     def adagrad_update_(self, param, grad, state_sum, clr: float, weight_decay: float = 0.0,
                         eps: float = 1e-10) -> None:
-        sfx = self._suffix("adagrad_update_", param)
+        s, dt = self._scalar, param.dtype
+        self._one_pass_update("adagrad", (param, grad, state_sum),
+                              (s(clr, dt), s(weight_decay, dt), s(eps, dt)))
+
+    def adadelta_update_(self, param, grad, square_avg, acc_delta, lr: float, rho: float,
+                         eps: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
+        s, dt = self._scalar, param.dtype
+        self._one_pass_update("adadelta", (param, grad, square_avg, acc_delta),
+                              (s(lr, dt), s(rho, dt), s(1.0 - rho, dt), s(eps, dt),
+                               s(weight_decay, dt), np.int32(bool(maximize))))
+
+    def _one_pass_update(self, name: str, arrays, scalars) -> None:
+        """One launch of ``nnx_{name}_{sfx}`` over ``arrays`` (param, grad, state...), then the
+        element count and ``scalars``; strided arrays go through contiguous copies, written
+        back (the gradient is only read)."""
+        where = f"{name}_update_"
+        param, grad = arrays[0], arrays[1]
+        sfx = self._suffix(where, param)
         n = param.size
         if n == 0:
             return
-        dt = param.dtype
-        s = self._scalar
         with self._dev():
-            (p, g, sm), back = self._flat_args("adagrad_update_", (param, grad, state_sum))
-            args = (p, g, sm, np.int64(n), s(clr, dt), s(weight_decay, dt), s(eps, dt))
-            ck.launch(f"nnx_adagrad_{sfx}", self._grid(n), ck.EW_BLOCK, args)
+            flat, back = self._flat_args(where, arrays)
+            ck.launch(f"nnx_{name}_{sfx}", self._grid(n), ck.EW_BLOCK,
+                      (*flat, np.int64(n), *scalars))
             for orig, tmp in back:
                 if orig is not grad:
                     orig[...] = tmp
+
+    # ------------------------------------------------------------------ pooling (backends.pooling)
+    def max_pool2d_forward(self, x, win):
+        return _pool.cupy_windowed(self, "maxpool2d_fwd", x, win)
+
+    def max_pool2d_backward(self, gy, argmax, win, in_hw):
+        return _pool.cupy_windowed(self, "maxpool2d_bwd", gy, win, in_hw, argmax)
+
+    def avg_pool2d_forward(self, x, win):
+        return _pool.cupy_windowed(self, "avgpool2d_fwd", x, win)
+
+    def avg_pool2d_backward(self, gy, win, in_hw):
+        return _pool.cupy_windowed(self, "avgpool2d_bwd", gy, win, in_hw)
+
+    def adaptive_avg_pool2d_forward(self, x, out_hw):
+        return _pool.cupy_adaptive_avg_pool2d_forward(self, x, out_hw)
+
+    def adaptive_avg_pool2d_backward(self, gy, in_hw):
+        return _pool.cupy_adaptive_avg_pool2d_backward(self, gy, in_hw)

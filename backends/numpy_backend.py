@@ -12,6 +12,8 @@ import math
 import numpy as np
 
 from . import activations as acts
+from . import conv as _conv
+from . import pooling as _pool
 from .base import Backend, check_reduction
 from .scalars import scalar as _s
 
@@ -393,6 +395,16 @@ class NumpyBackend(Backend):
                 np.divide(tmp, avg, out=tmp)
             np.add(p, tmp, out=p)
 
+    # ------------------------------------------------------------------ convolution
+    # NHWC im2col + one GEMM per pass; see ``backends.conv``.
+    def conv2d_forward(self, x, weight, bias, geometry, save=True):
+        return _conv.numpy_forward(self, x, weight, bias, geometry, save)
+
+    def conv2d_backward(self, x, weight, gy, saved, geometry, need_x=True, need_w=True,
+                        need_b=True):
+        return _conv.numpy_backward(self, x, weight, gy, saved, geometry, need_x, need_w,
+                                    need_b)
+
     def adagrad_update_(self, param, grad, state_sum, clr, weight_decay=0.0, eps=1e-10):
         # The reference rule's op order (nnx.optim.Adagrad.update).
         p_all, g_all, s_all = self._flat(param, grad, state_sum)
@@ -412,3 +424,58 @@ class NumpyBackend(Backend):
             np.multiply(g, c_neg_clr, out=dbuf)  # p += ((-clr) * g) / std
             np.divide(dbuf, std, out=dbuf)
             np.add(p, dbuf, out=p)
+
+    def adadelta_update_(self, param, grad, square_avg, acc_delta, lr, rho, eps,
+                         weight_decay=0.0, maximize=False):
+        # The reference rule's op order (nnx.optim.Adadelta.update).
+        p_all, g_all, v_all, u_all = self._flat(param, grad, square_avg, acc_delta)
+        dt = param.dtype
+        c_wd, c_rho, c_1mr = _s(weight_decay, dt), _s(rho, dt), _s(1.0 - rho, dt)
+        c_eps, c_neg_lr = _s(eps, dt), _s(-lr, dt)
+        work = self.scratch(4 * min(p_all.size, CHUNK), dt)
+        for sl in _chunk_slices(p_all.size):
+            p, g, v, u = p_all[sl], g_all[sl], v_all[sl], u_all[sl]
+            k = sl.stop - sl.start
+            gbuf, tmp, std, delta = (work[j * k:(j + 1) * k] for j in range(4))
+            if maximize and weight_decay:  # (-g) + wd * p, exactly wd * p - g
+                np.multiply(p, c_wd, out=tmp)
+                g = np.subtract(tmp, g, out=gbuf)
+            elif maximize:
+                g = np.negative(g, out=gbuf)
+            elif weight_decay:
+                g = _plus_decay(g, p, c_wd, gbuf)
+            np.multiply(g, c_1mr, out=tmp)  # v = v * rho + ((1 - rho) * g) * g
+            tmp *= g
+            v *= c_rho
+            v += tmp
+            np.add(v, c_eps, out=std)  # std = sqrt(v + eps)
+            np.sqrt(std, out=std)
+            np.add(u, c_eps, out=delta)  # delta = sqrt(u + eps) / std * g
+            np.sqrt(delta, out=delta)
+            delta /= std
+            delta *= g
+            np.multiply(delta, c_1mr, out=tmp)  # u = u * rho + ((1 - rho) * delta) * delta
+            tmp *= delta
+            u *= c_rho
+            u += tmp
+            np.multiply(delta, c_neg_lr, out=tmp)  # p += (-lr) * delta
+            np.add(p, tmp, out=p)
+
+    # ------------------------------------------------------------------ pooling (backends.pooling)
+    def max_pool2d_forward(self, x, win):
+        return _pool.numpy_max_pool2d_forward(x, win)
+
+    def max_pool2d_backward(self, gy, argmax, win, in_hw):
+        return _pool.numpy_max_pool2d_backward(gy, argmax, win, in_hw)
+
+    def avg_pool2d_forward(self, x, win):
+        return _pool.numpy_avg_pool2d_forward(x, win)
+
+    def avg_pool2d_backward(self, gy, win, in_hw):
+        return _pool.numpy_avg_pool2d_backward(gy, win, in_hw)
+
+    def adaptive_avg_pool2d_forward(self, x, out_hw):
+        return _pool.numpy_adaptive_avg_pool2d_forward(x, out_hw)
+
+    def adaptive_avg_pool2d_backward(self, gy, in_hw):
+        return _pool.numpy_adaptive_avg_pool2d_backward(gy, in_hw)

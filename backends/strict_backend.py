@@ -251,7 +251,12 @@ def _kernel(name):
 # call them), so every entry of ``backends.activations`` is covered, including later ones.
 for _name in ("uniform", "normal", "dropout_mask", "activation_forward", "activation_backward",
               "bias_act_", "sum_rows", "sgd_update_", "adam_update_",
-              "rmsprop_update_", "adagrad_update_"):
+              "rmsprop_update_", "adagrad_update_", "adadelta_update_"):
+    setattr(StrictBackend, _name, _kernel(_name))
+for _name in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+              "avg_pool2d_backward", "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"):
+    setattr(StrictBackend, _name, _kernel(_name))
+for _name in ("conv2d_forward", "conv2d_backward"):
     setattr(StrictBackend, _name, _kernel(_name))
 
 

@@ -13,22 +13,26 @@ from . import contenders as C
 from . import report, timing
 from . import workloads as W
 
-DEFAULT_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip", "C-clip")
-# --quick's default: the issue-5 set (the issue-12 ones would squeeze it past its 2 minutes)
-QUICK_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam")
+DEFAULT_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip",
+                     "C-clip", "D")
+# --quick's default: the issue-5 set (the issue-12 ones would squeeze it past its 2 minutes),
+# and D (issue 10: ~0.2 s steps, a few rounds)
+QUICK_WORKLOADS = ("A", "B", "C", "B-adam", "C-adam", "D")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # rounds wanted (quick, full) and, for full runs, a per-workload time budget in seconds
 ROUNDS = {"A": (15, 41), "B": (15, 41), "C": (5, 11), "B-adam": (9, 21), "C-adam": (3, 7),
-          "B-adamw": (9, 21), "C-adamw": (3, 7), "B-clip": (15, 41), "C-clip": (5, 11)}
+          "B-adamw": (9, 21), "C-adamw": (3, 7), "B-clip": (15, 41), "C-clip": (5, 11),
+          "D": (5, 15)}
 # C-clip's rounds also time nnx's and the floor's unclipped C step (paired: the clip overhead)
 BUDGET_FULL = {"A": 30, "B": 40, "C": 150, "B-adam": 25, "C-adam": 90, "B-adamw": 25,
-               "C-adamw": 90, "B-clip": 50, "C-clip": 220}
+               "C-adamw": 90, "B-clip": 50, "C-clip": 220, "D": 90}
 # --quick must finish in < 2 minutes even on a busy host (where every step is several times
 # slower): each phase gets this share of the time left, by weight
 QUICK_DEADLINE_S = 100.0
 PHASE_WEIGHTS = {"A": 1.0, "B": 1.2, "C": 3.0, "B-adam": 1.0, "C-adam": 2.0, "B-adamw": 1.0,
-                 "C-adamw": 2.0, "B-clip": 1.5, "C-clip": 4.0, "memory": 2.5, "micro": 1.2}
+                 "C-adamw": 2.0, "B-clip": 1.5, "C-clip": 4.0, "D": 2.0, "memory": 2.5,
+                 "micro": 1.2}
 # contenders also timed, on the unclipped base workload, in a workload with ``base`` set
 PAIRED_BASE = ("floor", "nnx")
 
@@ -171,7 +175,7 @@ def run_workload(w: W.Workload, devices: List[str], names: List[str], threads: i
             continue
         t = per[c.label]["median_s"]
         d = {"time_s": t, "samples_per_s": w.batch / t,
-             "gflops": w.flops_per_step / t / 1e9 if w.key[0] in "BC" else None,
+             "gflops": w.flops_per_step / t / 1e9 if w.key[0] in "BCD" else None,
              "spread": per[c.label]["spread"]}
         g = f"gemm-{c.device}"
         if g in per:
@@ -238,7 +242,8 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 2
     if a.smoke:
-        wls = [w.scaled(256, batch=w.batch if w.batch <= 128 else 64) if w.sizes[1] > 256 else w
+        wls = [w.scaled(16) if w.arch == "cnn" else
+               w.scaled(256, batch=w.batch if w.batch <= 128 else 64) if w.sizes[1] > 256 else w
                for w in wls]
 
     cuda_ok, cuda_why = (False, "not asked for")
@@ -297,7 +302,7 @@ def main(argv=None) -> int:
         budget = phase_budget(base)
         block_s = (a.block_ms / 1e3 if a.block_ms else (0.01 if a.smoke else
                                                          (0.03 if quick else 0.05)))
-        heavy = base.startswith("C")
+        heavy = base.startswith(("C", "D"))
         min_steps = 1 if (quick and heavy) else 2
         min_rounds = 1 if (timed_quick and heavy) else 3
         t_w = time.perf_counter()
@@ -356,7 +361,8 @@ def main(argv=None) -> int:
     if "memory" in phases:
         from . import memory
         t_m, budget = time.perf_counter(), phase_budget("memory")
-        mem_keys = [w for w in wls if w.key.split("@")[0] in (("C",) if quick else ("B", "C"))]
+        mem_keys = [w for w in wls if w.key.split("@")[0] in (("C", "D") if quick else
+                                                              ("B", "C", "D"))]
         for w in mem_keys:
             pe = next((e for e in result["workloads"] if e["key"] == w.key and e.get("preferred")),
                       None)

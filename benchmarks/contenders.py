@@ -141,10 +141,17 @@ class FloorContender(Contender):
     def __init__(self, w, params, batches, device="cpu"):
         super().__init__(w, params, batches, device)
         from .floor import FloorMLP
+        if w.arch == "cnn" and device != "cpu":
+            raise Skip("the CNN floor (floor_cnn.py) is NumPy only")
         xp = np if device == "cpu" else _cupy()
-        self.model = FloorMLP(w, params, batches, xp=xp)
+        if w.arch == "cnn":
+            from .floor_cnn import FloorCNN
+            self.model = FloorCNN(w, params, batches)
+            self.info = {"impl": "benchmarks/floor_cnn.py", "xp": "numpy"}
+        else:
+            self.model = FloorMLP(w, params, batches, xp=xp)
+            self.info = {"impl": "benchmarks/floor.py", "xp": xp.__name__}
         self.step = self.model.step  # no extra Python frame on the hot path
-        self.info = {"impl": "benchmarks/floor.py", "xp": xp.__name__}
 
     def sync(self):
         self.model.sync()
@@ -309,6 +316,9 @@ class NnxContender(ModelContender):
             ok = getattr(nnx, "cuda_available", lambda: False)()
             if not ok:
                 raise Skip("nnx.cuda_available() is False")
+        missing = [name for name, _ in w.layers() if not hasattr(nnx.nn, name)]
+        if missing:
+            raise Skip(f"nnx.nn has no {', '.join(missing)} yet")
         nnx.set_device(device)
         if hasattr(nnx, "manual_seed"):
             nnx.manual_seed(0)

@@ -9,7 +9,7 @@ from nnx.benchmarks import contenders as C
 from nnx.benchmarks import workloads as W
 from nnx.benchmarks.conftest import DEVICES
 
-WORKLOADS = ["A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip", "C-clip"]
+WORKLOADS = ["A", "B", "C", "B-adam", "C-adam", "B-adamw", "C-adamw", "B-clip", "C-clip", "D"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -35,7 +35,7 @@ def test_step(benchmark, bench_threads, workload, contender, device):
         c.step()
         c.sync()
 
-    if w.key.startswith("C"):
+    if w.key.startswith(("C", "D")):
         benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=0)
     else:
         benchmark(run)

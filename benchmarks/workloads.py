@@ -39,30 +39,73 @@ class Workload:
     bar_gpu_torch: Optional[float] = None   # nnx-cuda/torch-cuda must be <= this
     bar_clip_overhead: Optional[float] = None  # nnx step / nnx step of ``base`` must be <= this
     n_batches: int = 4         # distinct batches cycled through (A has just the 4 XOR points)
+    # "mlp", or "cnn" (D): conv(channels[0] -> [1], kernel) ReLU conv([1] -> [2]) ReLU
+    # max-pool(pool) Flatten, then the MLP of ``sizes`` (its input: the flattened pooled map)
+    arch: str = "mlp"
+    channels: Tuple[int, ...] = ()
+    kernel: int = 3
+    image: Tuple[int, int] = (28, 28)
+    pool: int = 2
 
     @property
     def n_layers(self) -> int:
         return len(self.sizes) - 1
 
+    def conv_shapes(self) -> List[Tuple[int, int, int, int]]:
+        """(out, in, k, k) of each conv layer (none for an MLP)."""
+        c, k = self.channels, self.kernel
+        return [(c[i + 1], c[i], k, k) for i in range(len(c) - 1)]
+
+    def conv_outputs(self) -> List[Tuple[int, int]]:
+        """(H, W) of each conv layer's output (stride 1, no padding)."""
+        h, w = self.image
+        out = []
+        for _ in self.conv_shapes():
+            h, w = h - self.kernel + 1, w - self.kernel + 1
+            out.append((h, w))
+        return out
+
     @property
     def weights(self) -> int:
-        """Number of weight-matrix entries (biases excluded): the W in 6 x batch x W."""
-        return sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        """Number of weight entries (biases excluded): the MLP part's W in 6 x batch x W, plus
+        the conv kernels'."""
+        return sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])) + sum(
+            o * i * kh * kw for o, i, kh, kw in self.conv_shapes())
 
     @property
     def n_params(self) -> int:
-        return self.weights + sum(self.sizes[1:])
+        return self.weights + sum(self.sizes[1:]) + sum(s[0] for s in self.conv_shapes())
 
     @property
     def flops_per_step(self) -> int:
-        """Nominal training FLOPs per step: 6 x batch x weights (2 forward, 4 backward)."""
-        return 6 * self.batch * self.weights
+        """Nominal training FLOPs per step. MLP: 6 x batch x weights (2 forward, 4 backward).
+
+        CNN: 2 FLOPs per multiply-add, 3 passes per layer (forward, data gradient, weight
+        gradient) over each layer's multiply-adds (a conv's: out x in x k x k x Ho x Wo), less
+        the first layer's data gradient (nobody needs dL/dx). D: 11,992,448 multiply-adds per
+        sample (conv1 194,688, conv2 10,616,832, fc1 1,179,648, fc2 1,280), 6 x 128 x that =
+        9.210 GFLOP, less conv1's data gradient (2 x 128 x 194,688 = 0.050 GFLOP): 9.160 GFLOP.
+        Pooling, bias, ReLU and softmax are not counted."""
+        if self.arch != "cnn":
+            return 6 * self.batch * self.weights
+        macs = [o * i * kh * kw * h * w for (o, i, kh, kw), (h, w)
+                in zip(self.conv_shapes(), self.conv_outputs())]
+        macs += [a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])]
+        return 2 * self.batch * (3 * sum(macs) - macs[0])
 
     def layers(self) -> List[Tuple[str, Tuple[int, ...]]]:
         """The model: ``(module class name, constructor args)`` in order, as ``nn.Sequential``
         children. Linear layers at even indices, the hidden activation after each but the last,
-        and a final Sigmoid for "bce" (the loss then takes probabilities)."""
+        and a final Sigmoid for "bce" (the loss then takes probabilities). A CNN starts with
+        its convs (each followed by the activation), the max-pool and a Flatten."""
         act = "ReLU" if self.hidden == "relu" else "Sigmoid"
+        if self.arch == "cnn":
+            out: List[Tuple[str, Tuple[int, ...]]] = []
+            for o, i, k, _ in self.conv_shapes():
+                out += [("Conv2d", (i, o, k)), (act, ())]
+            out += [("MaxPool2d", (self.pool,)), ("Flatten", ())]
+            mlp = dataclasses.replace(self, arch="mlp", channels=())
+            return out + mlp.layers()
         out: List[Tuple[str, Tuple[int, ...]]] = []
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
             out.append(("Linear", (a, b)))
@@ -73,14 +116,30 @@ class Workload:
         return out
 
     def param_keys(self) -> List[str]:
-        """PyTorch ``nn.Sequential`` keys: Linear modules sit at even indices."""
+        """PyTorch ``nn.Sequential`` keys: Linear modules sit at even indices (and the modules
+        with parameters of a CNN wherever ``layers()`` puts them)."""
+        if self.arch == "cnn":
+            return [f"{i}.{p}" for i, (name, _) in enumerate(self.layers())
+                    if name in ("Conv2d", "Linear") for p in ("weight", "bias")]
         keys = []
         for i in range(self.n_layers):
             keys += [f"{2 * i}.weight", f"{2 * i}.bias"]
         return keys
 
+    def param_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """``{key: PyTorch shape}`` in ``param_keys`` order."""
+        shapes: List[Tuple[int, ...]] = []
+        for s in self.conv_shapes():
+            shapes += [s, (s[0],)]
+        for a, b in zip(self.sizes[:-1], self.sizes[1:]):
+            shapes += [(b, a), (b,)]
+        return dict(zip(self.param_keys(), shapes))
+
     def scaled(self, width: int, batch: Optional[int] = None) -> "Workload":
-        """A reduced copy: every hidden width (and a large input) capped at ``width``."""
+        """A reduced copy: every hidden width (and a large input) capped at ``width``. A CNN
+        keeps its layers and takes ``width`` as its batch size (``D@16``: D at batch 16)."""
+        if self.arch == "cnn":
+            return dataclasses.replace(self, key=self.key + f"@{width}", batch=batch or width)
         sizes = tuple([min(self.sizes[0], width)] + [min(s, width) for s in self.sizes[1:-1]]
                       + [self.sizes[-1]])
         return dataclasses.replace(self, key=self.key + f"@{width}", sizes=sizes,
@@ -107,6 +166,11 @@ WORKLOADS: Dict[str, Workload] = {
                  clip=1.0, base="B"),
         Workload("C-clip", "wide-mlp-clip", (1024, 4096, 4096, 10), "relu", "ce", 512, "sgd",
                  0.01, clip=1.0, base="C", bar_clip_overhead=1.03),
+        # issue 10: PyTorch's MNIST convnet (conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU,
+        # max-pool 2, flatten, Linear 9216->128, ReLU, Linear 128->10), batch 128, SGD
+        Workload("D", "mnist-cnn", (9216, 128, 10), "relu", "ce", 128, "sgd", 0.01,
+                 bar_floor=1.10, bar_gpu_torch=1.0, n_batches=2, arch="cnn",
+                 channels=(1, 32, 64)),
     ]
 }
 # Adam / AdamW hyperparameters (PyTorch defaults), shared by every contender.
@@ -169,6 +233,16 @@ def init_params(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
     """PyTorch's default Linear init, U(-1/sqrt(in), 1/sqrt(in)), as float32 host arrays."""
     rng = np.random.default_rng(seed)
     out = {}
+    if w.arch == "cnn":  # PyTorch's Conv2d and Linear defaults: U(+-1/sqrt(fan_in)) both
+        shapes = w.param_shapes()
+        for key, shape in shapes.items():
+            fan_in = int(np.prod(shapes[key.replace("bias", "weight")][1:]))
+            bound = np.float32(1.0 / np.sqrt(fan_in))
+            a = rng.random(shape, dtype=np.float32)
+            a *= 2 * bound
+            a -= bound
+            out[key] = a
+        return out
     for i, (fan_in, fan_out) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
         bound = np.float32(1.0 / np.sqrt(fan_in))
         for key, shape in ((f"{2 * i}.weight", (fan_out, fan_in)), (f"{2 * i}.bias", (fan_out,))):
@@ -182,8 +256,8 @@ def init_params(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
 def make_batches(w: Workload, seed: int = 1, n: Optional[int] = None):
     """``n`` (default ``w.n_batches``) host batches ``(x, y)``.
 
-    ``x`` is (batch, in) float32.  For "ce", ``y`` is (batch,) int64 class indices; for "bce" it
-    is (batch, out) float32 in {0, 1}.  A (xor) is always the four XOR points.
+    ``x`` is (batch, in) float32 ((batch, C, H, W) for a CNN).  For "ce", ``y`` is (batch,)
+    int64 class indices; for "bce" it is (batch, out) float32 in {0, 1}.  A (xor) is always the four XOR points.
     """
     n = n or w.n_batches
     if w.name == "xor" and w.sizes[0] == 2 and w.batch == 4:
@@ -193,7 +267,9 @@ def make_batches(w: Workload, seed: int = 1, n: Optional[int] = None):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        x = rng.standard_normal((w.batch, w.sizes[0]), dtype=np.float32)
+        shape = (w.batch, w.channels[0]) + tuple(w.image) if w.arch == "cnn" else \
+            (w.batch, w.sizes[0])
+        x = rng.standard_normal(shape, dtype=np.float32)
         if w.loss == "ce":
             y = rng.integers(0, w.sizes[-1], w.batch).astype(np.int64)
         else:

@@ -39,11 +39,17 @@ from .ops import (abs, add, amax, amin, arange, argmax, argmin, clamp, clip, clo
                   var, zeros, zeros_like)
 from . import functional
 from .functional import relu, sigmoid, softmax, log_softmax, leaky_relu
+from .shape_ops import cat, chunk, concat, concatenate, split, stack, where
 
 from . import tensor_methods  # noqa: F401  (binds the ops as Tensor methods, in one place)
 from . import nn, optim
 from .serialization import load, save
+from .safetensors_io import load_safetensors, save_safetensors
+from .torch_io import load_torch
+from . import onnx  # nnx.onnx.export; the onnx package itself is imported only when exporting
+from .errors import ExportError
 from . import data, datasets
+from . import distributed
 from . import keras
 from . import callbacks
 from .keras import History, load_model
@@ -52,6 +58,8 @@ from .keras import History, load_model
 # here, above both packages, since nothing in nnx.nn imports nnx.keras. The plain PyTorch
 # container stays at nnx.nn.container.Sequential.
 nn.Sequential, nn.Dense = keras.Sequential, keras.Dense
+# nnx.distributed.DDP: the wrapper lives in nn.parallel, which imports nnx.distributed.
+distributed.DDP = distributed.DistributedDataParallel = nn.parallel.DistributedDataParallel
 
 float16, float32, float64 = "float16", "float32", "float64"
 
@@ -86,3 +94,6 @@ __all__ = [
 __all__ += ["callbacks", "keras", "History", "load_model", "inference_mode", "from_dlpack",
             "from_numpy", "amin", "empty_like", "eye", "full_like", "linspace", "maximum", "minimum",
             "norm", "rand_like", "randn_like", "std", "topk", "var", "get_rng_state", "set_rng_state"]
+__all__ += ["onnx", "ExportError"]
+__all__ += ["cat", "concat", "concatenate", "stack", "split", "chunk", "where"]
+__all__ += ["save_safetensors", "load_safetensors", "load_torch"]

@@ -19,6 +19,12 @@ from .errors import AnomalyError, DeviceError, GraphError
 
 _state = _config._state
 _creation_order = itertools.count()  # a node's number: its consumers always have larger ones
+# ``tracer(fn, inputs, output)`` called after every op while a trace is on (``nnx.onnx``);
+# None otherwise, so the hot path pays one global test.
+_tracer = None
+# Callables run, in order, at the end of every ``backward()``, once all gradients are written
+# (``nnx.nn.parallel.DistributedDataParallel`` averages its gradients across processes there).
+backward_end_hooks = []
 
 
 class Function:
@@ -92,6 +98,8 @@ class Function:
             self.seq = next(_creation_order)
             out.requires_grad = True
             out.creator = self
+        if _tracer is not None:
+            _tracer(self, inputs, out)
         return out
 
     def forward(self, *xs):  # pragma: no cover - abstract
@@ -243,6 +251,8 @@ def _torch_style_apply(cls, *args, **kwargs):
         result.creator = ctx
     else:
         ctx.release()
+    if _tracer is not None:  # the user's class: its ctx may be released already
+        _tracer(cls, inputs, result)
     return result
 
 
@@ -267,6 +277,8 @@ def backward(root, grad=None, retain_graph=False):
     top = root.creator
     if top is None:
         root._accumulate(seed)
+        for hook in backward_end_hooks:
+            hook()
         return
     if top.released:
         raise GraphError(f"backward(): trying to backward through the graph a second time "
@@ -318,3 +330,5 @@ def backward(root, grad=None, retain_graph=False):
             fn.release()
     for node in absorbed:  # nodes a fused node ran the backward of: freed with the graph
         node.release()
+    for hook in backward_end_hooks:
+        hook()

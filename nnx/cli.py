@@ -1,4 +1,5 @@
-"""The ``nnx`` command line: ``nnx info``, ``nnx train``, ``nnx predict``, ``nnx bench``.
+"""The ``nnx`` command line: ``nnx info``, ``nnx train``, ``nnx predict``, ``nnx export``,
+``nnx bench``.
 
 Also runs as ``python -m nnx``. ``main(argv)`` returns the exit status: 0 on success, 1 when
 a file or the data is bad (one line on stderr, no traceback), 2 for wrong arguments (argparse),
@@ -30,6 +31,11 @@ DEFAULTS = {
                   batch_size=128),
 }
 DEFAULT_LR = {("xor", "sgd"): 0.5, ("xor", "adam"): 0.05, "sgd": 0.1, "adam": 0.001}
+# --model cnn (issue 10): the image datasets, as channels-last images, a small Keras CNN each
+# (digits: >= 0.97 test accuracy in ~10 s on a 2-core CPU; mnist: PyTorch's MNIST example net)
+CNN_IMAGES = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}
+CNN_DEFAULTS = {"digits": dict(optimizer="adam", epochs=20, batch_size=32),
+                "mnist": dict(optimizer="adam", epochs=1, batch_size=128)}
 
 
 class CLIError(Exception):
@@ -80,6 +86,16 @@ def _hidden(s):
     return sizes
 
 
+def _shape(s):
+    try:
+        dims = tuple(int(p) for p in s.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 1,28,28, got {s!r}")
+    return dims
+
+
 def _device(s):
     from . import backends
 
@@ -102,8 +118,10 @@ def build_parser():
                                "BLAS NumPy uses, every device, and the one --device auto picks.")
 
     t = sub.add_parser("train", help="train a classifier on a bundled dataset",
-                       description="Train a multilayer perceptron and print its test accuracy "
-                                   "and the time per epoch. Defaults depend on the dataset: "
+                       description="Train a multilayer perceptron (or, with --model cnn, a "
+                                   "small convolutional net on digits or mnist) and print its "
+                                   "test accuracy and the time per epoch. Defaults depend on "
+                                   "the dataset: "
                                    + "; ".join(f"{k}: hidden {v['hidden']} {v['activation']}, "
                                                f"{v['optimizer']}, {v['epochs']} epochs, batch "
                                                f"{v['batch_size']}"
@@ -117,6 +135,11 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int, help="samples per gradient step")
     t.add_argument("--lr", type=_positive_float,
                    help="learning rate (default: 0.001 for adam, 0.1 for sgd; xor: 0.05 / 0.5)")
+    t.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp (default: Dense layers, --hidden/--activation) or cnn (digits and "
+                        "mnist as 1-channel images: a small convolutional net; digits: "
+                        "conv 16, conv 32, max-pool, dense 64; mnist: PyTorch's MNIST example, "
+                        "conv 32, conv 64, max-pool, dense 128, with dropout)")
     t.add_argument("--hidden", type=_hidden,
                    help="hidden layer sizes, comma-separated, e.g. 128,64 ('none' for none)")
     t.add_argument("--activation", choices=("relu", "tanh", "sigmoid", "leaky_relu"),
@@ -132,6 +155,10 @@ def build_parser():
                    help="mnist only: folder with the four IDX files, plain or .gz (default: "
                         "$NNX_MNIST_DIR); nothing is downloaded")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of mpirun/mpiexec/srun (nnx."
+                        "distributed; --batch-size is split over the ranks); rank 0 prints "
+                        "and saves")
 
     pr = sub.add_parser("predict", help="predict with a model saved by 'nnx train --save'",
                         description="Load a model saved by 'nnx train --save' (its architecture "
@@ -148,6 +175,21 @@ def build_parser():
     pr.add_argument("--device", type=_device, default="cpu",
                     help="cpu, cuda, cuda:N or auto (default: cpu)")
     pr.add_argument("--batch-size", type=_positive_int, default=256)
+
+    ex = sub.add_parser("export", help="write a saved model as an ONNX file",
+                        description="Convert a model saved by 'nnx train --save' or Keras's "
+                                    "model.save (.npz) into an ONNX file for onnxruntime, with a "
+                                    "dynamic batch axis. A saved standardization (nnx train) "
+                                    "becomes the graph's first nodes, so the ONNX model takes "
+                                    "raw features, as 'nnx predict' does.")
+    ex.add_argument("model", help="the .npz (or .nnx) model file")
+    ex.add_argument("output", help="the ONNX file to write (.onnx)")
+    ex.add_argument("--input-shape", type=_shape, metavar="D1,D2,...",
+                    help="the shape of one input sample, batch axis left out (e.g. 1,28,28), "
+                         "for a model whose first layer does not tell it")
+    ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default: 17)")
+    ex.add_argument("--fixed-batch", type=_positive_int, metavar="N",
+                    help="a fixed batch size N instead of a dynamic batch axis")
 
     sub.add_parser("bench", help="run the benchmark suite (arguments go to it; "
                                  "'nnx bench --help' lists them); writes its JSON and PNG "
@@ -269,6 +311,14 @@ def cmd_train(args):
     from nnx import datasets, nn, optim
 
     d = DEFAULTS[args.dataset]
+    cnn = getattr(args, "model", "mlp") == "cnn"
+    if cnn:
+        if args.dataset not in CNN_IMAGES:
+            raise UsageError(f"--model cnn needs image data (digits or mnist), not "
+                             f"{args.dataset}")
+        if args.hidden is not None or args.activation is not None:
+            raise UsageError("--hidden and --activation are for --model mlp")
+        d = dict(d, **CNN_DEFAULTS[args.dataset])
     epochs = args.epochs or d["epochs"]
     batch_size = args.batch_size or d["batch_size"]
     hidden = args.hidden if args.hidden is not None else _hidden(d["hidden"])
@@ -291,6 +341,17 @@ def cmd_train(args):
         nnx.set_device(args.device)
     except nnx.DeviceError as e:
         raise CLIError(str(e)) from None
+    if getattr(args, "distributed", False):
+        try:
+            nnx.distributed.init()
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        if nnx.distributed.rank() != 0:  # the ranks train one model: rank 0 speaks for them
+            sys.stdout = open(os.devnull, "w")
+            args.save = None
+        batch_size = max(1, batch_size // nnx.distributed.world_size())
+        print(f"nnx.distributed: {nnx.distributed.world_size()} ranks "
+              f"({nnx.distributed.backend()}), {batch_size} rows per rank and step")
     nnx.manual_seed(args.seed)
     xtr, ytr, xte, yte, scale = _load_dataset(args)
     mean = std = None
@@ -305,7 +366,15 @@ def cmd_train(args):
 
     model = nn.Sequential()
     size = n_features
-    for i, h in enumerate(hidden):
+    if cnn:
+        image = CNN_IMAGES[args.dataset]
+        if n_features != int(np.prod(image)):
+            raise CLIError(f"{args.dataset}: expected images of {image[0]}x{image[1]} pixels, "
+                           f"got {n_features} features")
+        xtr, xte = xtr.reshape((-1,) + image), xte.reshape((-1,) + image)
+        _add_cnn(model, args.dataset, image)
+        hidden = [None]  # the output layer takes its input size from the layers before it
+    for i, h in enumerate([] if cnn else hidden):
         model.add(nn.Dense(h, input_dim=size if i == 0 else None, activation=activation))
         size = h
     if binary:
@@ -322,7 +391,7 @@ def cmd_train(args):
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
 
     device = model.device
-    arch = " -> ".join(f"Dense({m.units}, {m.activation})" for m in model)
+    arch = " -> ".join(_describe(m) for m in model.layers)
     print(f"nnx train {args.dataset}: {len(xtr)} training / {len(xte)} test samples, "
           f"{n_features} features, {n_classes} classes; device {device}")
     print(f"model: {arch}; {opt_name} lr={lr:g}{' momentum=0.9' if opt_name == 'sgd' else ''}; "
@@ -343,12 +412,46 @@ def cmd_train(args):
         extra = {"dataset": args.dataset, "task": "binary" if binary else "multiclass",
                  "classes": [int(c) for c in classes], "n_features": n_features,
                  "mean": mean, "std": std, "test_accuracy": float(acc)}
+        if cnn:  # nnx predict reshapes rows of pixels to this before predicting
+            extra["input_shape"] = list(CNN_IMAGES[args.dataset])
         try:
             model.save(args.save, extra=extra)
         except (OSError, TypeError, ValueError) as e:
             raise CLIError(f"cannot write {args.save}: {e}") from None
         print(f"saved the model to {args.save}")
     return 0
+
+
+def _add_cnn(model, dataset, image):
+    """The convolutional layers of ``--model cnn`` (Keras layers, channels-last images), up to
+    the Flatten; the caller adds the output layer."""
+    from nnx.keras import Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
+
+    model.add(Input(image))
+    if dataset == "mnist":  # pytorch/examples mnist/main.py's Net
+        layers = [Conv2D(32, 3, activation="relu"), Conv2D(64, 3, activation="relu"),
+                  MaxPooling2D(2), Dropout(0.25), Flatten(), Dense(128, activation="relu"),
+                  Dropout(0.5)]
+    else:  # 8x8 digits: keep the size ('same'), pool once
+        layers = [Conv2D(16, 3, padding="same", activation="relu"),
+                  Conv2D(32, 3, padding="same", activation="relu"), MaxPooling2D(2),
+                  Dropout(0.25), Flatten(), Dense(64, activation="relu")]
+    for layer in layers:
+        model.add(layer)
+
+
+def _describe(m):
+    """One layer of the model line ``nnx train`` prints."""
+    name = type(m).__name__
+    if hasattr(m, "units"):
+        return f"{name}({m.units}, {m.activation})"
+    if hasattr(m, "filters"):
+        return f"{name}({m.filters}, {m.kernel_size[0]}x{m.kernel_size[1]}, {m.activation})"
+    if hasattr(m, "pool_size"):
+        return f"{name}({m.pool_size[0]}x{m.pool_size[1]})"
+    if hasattr(m, "p"):
+        return f"{name}({m.p:g})"
+    return name
 
 
 def _read_features(path):
@@ -397,6 +500,8 @@ def cmd_predict(args):
     x = x.astype(np.float64)
     if extra.get("mean") is not None:
         x = (x - np.asarray(extra["mean"], np.float64)) / np.asarray(extra["std"], np.float64)
+    if extra.get("input_shape"):  # a --model cnn: rows of pixels -> images
+        x = x.reshape((-1,) + tuple(int(d) for d in extra["input_shape"]))
     probs = model.predict(x.astype(np.float32), batch_size=args.batch_size)
     classes = np.asarray(extra.get("classes") or range(max(probs.shape[1], 2)))
     if probs.shape[1] == 1:  # binary: P(class 1)
@@ -422,6 +527,52 @@ def cmd_predict(args):
     else:
         for lab in labels:
             print(lab)
+    return 0
+
+
+def cmd_export(args):
+    import nnx
+    from nnx.keras import load_checkpoint
+    from nnx.keras.paths import SAVE_EXTENSIONS
+
+    if os.path.splitext(args.output)[1].lower() != ".onnx":
+        raise UsageError(f"{args.output!r}: the output file must end in .onnx")
+    if not os.path.isfile(args.model):
+        raise CLIError(f"model file {args.model!r} not found")
+    if os.path.splitext(args.model)[1].lower() not in SAVE_EXTENSIONS:
+        raise CLIError(f"{args.model!r} is not an nnx model file: expected "
+                       f"{' or '.join(SAVE_EXTENSIONS)} (written by 'nnx train --save' or "
+                       f"model.save)")
+    try:
+        nnx.set_device("cpu")
+        model, extra = load_checkpoint(args.model)
+    except (nnx.CheckpointError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
+    shape = args.input_shape or nnx.onnx.input_shape_of(model)
+    for key in ("input_shape", "n_features"):  # what nnx train --save recorded
+        if shape is None and isinstance(extra.get(key), (int, list)):
+            shape = tuple(extra[key]) if isinstance(extra[key], list) else (extra[key],)
+    if shape is None:
+        raise UsageError(f"cannot tell the input shape of {args.model!r} from its first layer; "
+                         f"give it with --input-shape, e.g. --input-shape 1,28,28")
+    note = ""
+    if extra.get("mean") is not None and extra.get("std") is not None:
+        size = np.asarray(extra["mean"]).size
+        if size != int(np.prod(shape)):
+            raise CLIError(f"{args.model!r}: the saved standardization has {size} entries, "
+                           f"the input shape {tuple(shape)} has {int(np.prod(shape))}")
+        model = nnx.onnx.with_standardization(model, extra["mean"], extra["std"], shape)
+        note = " (with the saved standardization: it takes raw features)"
+    dt = next(iter(model.parameters())).dtype
+    x = np.random.default_rng(0).standard_normal((args.fixed_batch or 2,) + tuple(shape))
+    try:
+        proto = nnx.onnx.export(model, x.astype(dt), args.output, opset=args.opset,
+                                dynamic_batch=args.fixed_batch is None)
+    except (nnx.ExportError, nnx.ShapeError, nnx.DTypeError) as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    print(f"wrote {args.output}: {len(proto.graph.node)} ONNX nodes, opset {args.opset}, "
+          f"input ({'batch' if args.fixed_batch is None else args.fixed_batch}, "
+          f"{', '.join(map(str, shape))}) {np.dtype(dt).name}{note}")
     return 0
 
 
@@ -484,6 +635,8 @@ def _main(argv=None):
             return cmd_train(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "export":
+            return cmd_export(args)
     except BrokenPipeError:
         raise  # main() exits quietly
     except CLIError as e:

@@ -25,10 +25,10 @@ import warnings
 
 import numpy as np
 
-from . import _config
+from . import _config, distributed
 from .tensor import host_array, tensor
 
-__all__ = ["Dataset", "TensorDataset", "DataLoader"]
+__all__ = ["Dataset", "TensorDataset", "DataLoader", "Sampler", "DistributedSampler"]
 
 
 def _host_array(a, name="array", scalar_ok=False):
@@ -157,6 +157,8 @@ class DataLoader:
             which ``nnx.manual_seed`` makes reproducible.
         device: where batches go: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``; ``None``
             (default) reads ``nnx.get_device()`` each time iteration starts.
+        sampler: where the row indices of each epoch come from, in order (an iterable with
+            ``len``, e.g. :class:`DistributedSampler`); excludes ``shuffle``, as PyTorch's.
 
     Example::
 
@@ -167,8 +169,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset_or_arrays, batch_size=32, shuffle=False, drop_last=False,
-                 seed=None, device=None, *, num_workers=0, pin_memory=False, timeout=0,
-                 worker_init_fn=None, persistent_workers=False, prefetch_factor=None):
+                 seed=None, device=None, *, sampler=None, num_workers=0, pin_memory=False,
+                 timeout=0, worker_init_fn=None, persistent_workers=False, prefetch_factor=None):
         # num_workers, pin_memory, timeout, worker_init_fn, persistent_workers, prefetch_factor:
         # accepted for PyTorch code and ignored; a batch is one fancy-index per array on the
         # host (no per-sample work for workers to share), and CUDA batches always come through
@@ -204,6 +206,16 @@ class DataLoader:
         n = len(self.dataset)
         if n == 0:
             raise ValueError("DataLoader: the dataset is empty (0 samples)")
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle "
+                                 "(the sampler decides the order; DistributedSampler(shuffle="
+                                 "True) shuffles)")
+            if not hasattr(sampler, "__iter__") or not hasattr(sampler, "__len__"):
+                raise TypeError(f"DataLoader: sampler must be an iterable of indices with a len "
+                                f"(e.g. nnx.data.DistributedSampler), got "
+                                f"{type(sampler).__name__}")
+        self.sampler = sampler
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -212,7 +224,7 @@ class DataLoader:
         self._rng = np.random.default_rng(seed) if seed is not None else None
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
@@ -224,6 +236,13 @@ class DataLoader:
 
     # ------------------------------------------------------------------ epoch order
     def _order(self, backend):
+        if self.sampler is not None:
+            order = np.fromiter((operator.index(i) for i in self.sampler), dtype=np.int64)
+            n = len(self.dataset)
+            if order.size and (order.min() < -n or order.max() >= n):
+                raise IndexError(f"DataLoader: the sampler gave index {int(order.max())} for a "
+                                 f"dataset of {n} samples")
+            return order
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n, dtype=np.int64)
@@ -285,6 +304,91 @@ class DataLoader:
         if not isinstance(self.dataset, TensorDataset):
             return prefetcher.stage(self._gather(idx))
         return prefetcher.stage_take(self.dataset.arrays, idx)
+
+
+class Sampler:
+    """Base class of index samplers (PyTorch's ``torch.utils.data.Sampler``): iterating
+    yields dataset indices; ``len`` is how many per epoch."""
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def __len__(self):
+        raise NotImplementedError
+
+
+class DistributedSampler(Sampler):
+    """Each rank's shard of a dataset's indices, as PyTorch's ``DistributedSampler``.
+
+    Every epoch the indices ``0 .. N-1`` (shuffled with ``seed + epoch`` when ``shuffle``, the
+    same permutation on every rank) are padded by repeating from the start to a multiple of
+    ``num_replicas`` (or, with ``drop_last``, cut to one), and rank ``r`` takes
+    ``indices[r::num_replicas]``: the shards are disjoint (apart from the padding) and cover
+    the data set; each has ``len(sampler)`` indices. Call ``set_epoch(epoch)`` before each
+    epoch so the shuffle changes (identically on every rank). The permutation comes from
+    ``numpy.random.default_rng(seed + epoch)``, not from PyTorch's generator.
+
+    Args:
+        dataset: anything with ``len``.
+        num_replicas: the number of ranks; default ``nnx.distributed.world_size()``.
+        rank: this rank; default ``nnx.distributed.rank()``.
+        shuffle: draw a new order each epoch. Default True.
+        seed: the shuffle's seed, the same on every rank. Default 0.
+        drop_last: drop the tail that does not divide evenly instead of padding.
+
+    Example::
+
+        >>> sampler = DistributedSampler(ds, num_replicas=2, rank=0, shuffle=False)
+        >>> loader = DataLoader(ds, batch_size=64, sampler=sampler)
+        >>> for epoch in range(3):
+        ...     sampler.set_epoch(epoch)
+        ...     for xb, yb in loader: ...
+    """
+
+    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0,
+                 drop_last=False):
+        if num_replicas is None:
+            num_replicas = distributed.world_size()
+        if rank is None:
+            rank = distributed.rank()
+        num_replicas, rank = operator.index(num_replicas), operator.index(rank)
+        if num_replicas < 1:
+            raise ValueError(f"DistributedSampler: num_replicas must be at least 1, got "
+                             f"{num_replicas}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: invalid rank {rank}, rank should be in the "
+                             f"interval [0, {num_replicas - 1}]")
+        self.dataset = dataset
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.epoch = 0
+        n = len(dataset)
+        if self.drop_last and n % num_replicas:
+            self.num_samples = -(-(n - num_replicas) // num_replicas)
+        else:
+            self.num_samples = -(-n // num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(n)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        if not self.drop_last:
+            pad = self.total_size - n
+            if pad > 0:
+                order = np.concatenate([order, np.resize(order, pad)])
+        else:
+            order = order[:self.total_size]
+        return iter(order[self.rank:self.total_size:self.num_replicas].tolist())
+
+    def __len__(self):
+        return self.num_samples
+
+    def set_epoch(self, epoch):
+        """Set the epoch (seeds this epoch's shuffle as ``seed + epoch`` on every rank)."""
+        self.epoch = int(epoch)
 
 
 class _CudaPrefetcher:

@@ -42,6 +42,11 @@ class CheckpointError(NNXError, ValueError):
     """A checkpoint file is missing, corrupt, unsafe, or does not match the model."""
 
 
+class ExportError(NNXError, NotImplementedError):
+    """A model cannot be exported (``nnx.onnx.export``): the message names the op and the module
+    it ran in."""
+
+
 class OutOfMemoryError(NNXError, MemoryError):
     """The device ran out of memory; the message gives the size requested and a hint.
 

@@ -13,15 +13,17 @@ from .backends.base import check_reduction
 from .backends.scalars import scalar as _c
 
 from .activations import activation, float_input as _float_input, leaky_relu, relu, sigmoid, tanh
+from .activations import elu, gelu, silu, softplus
 from .autograd import Function
 from .errors import DTypeError, GraphError, LabelError, ShapeError, ValueRangeError
 from .ops import mean, norm, sum as _sum
+from .shape_ops import pad
 from .tensor import Tensor, _wrap, as_tensor
 
 __all__ = ["linear", "activation", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "log_softmax", "dropout",
            "mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "cross_entropy", "nll_loss", "log_sigmoid", "softplus", "l1_loss", "smooth_l1_loss",
-           "huber_loss", "one_hot", "normalize"]
+           "huber_loss", "one_hot", "normalize", "pad", "gelu", "silu", "elu"]
 
 
 # ---------------------------------------------------------------------- activations
@@ -38,13 +40,10 @@ class Softplus(Function):
         return (gy * self.backend.sigmoid_fwd(self.x),)
 
 
-def softplus(x):
-    return Softplus().apply(_float_input(x, "softplus"))
-
-
 def log_sigmoid(x):
-    """log(sigmoid(x)) = -softplus(-x), computed without log(0)."""
-    return -softplus(-x)
+    """log(sigmoid(x)) = -softplus(-x), computed without log(0) (softplus without a threshold;
+    ``softplus`` itself, PyTorch's, comes from nnx.activations)."""
+    return -Softplus().apply(-_float_input(x, "log_sigmoid"))
 
 
 # ---------------------------------------------------------------------- softmax
@@ -185,7 +184,8 @@ class LinearChain(Function):
             b = params[i + 1] if has_bias else None
             i += 1 + has_bias
             y = dot(h, w.T)  # np.dot: half matmul's dispatch cost on small operands
-            if keep_input:  # the backward reads the pre-activation: keep a copy of it
+            if keep_input and self.needs_input_grad is not None:
+                # the backward reads the pre-activation: keep a copy of it
                 bias_act_(y, b, _table.LINEAR)
                 saved.append(y.copy())
                 auxes.append(None)
@@ -786,3 +786,19 @@ def one_hot(labels, num_classes=-1):
 def normalize(input, p=2.0, dim=1, eps=1e-12):
     """``input / max(||input||_p, eps)`` along ``dim``, as ``torch.nn.functional.normalize``."""
     return input / norm(input, p, dim, keepdim=True).clip(min=eps)
+
+
+from .pooling import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d,  # noqa: E402
+                      max_pool1d, max_pool2d)
+
+__all__ += ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d"]
+
+from .conv import conv1d, conv2d  # noqa: E402
+
+__all__ += ["conv1d", "conv2d"]
+
+from .normalization import batch_norm, layer_norm  # noqa: E402
+from .embedding import embedding  # noqa: E402
+
+__all__ += ["batch_norm", "layer_norm", "embedding"]

@@ -525,6 +525,8 @@ MaxResult = collections.namedtuple("MaxResult", ["values", "indices"])
 
 
 def _maxmin(x, dim, keepdim, axis, keepdims, fn):
+    if isinstance(dim, Tensor):  # torch.max(a, b): the elementwise maximum
+        return (maximum if fn == "max" else minimum)(x, dim)
     if dim is not None and axis is None:
         # PyTorch form: max(dim) returns (values, indices)
         d, keep = _reduction_args(x, None, dim, keepdims, keepdim, fn)
@@ -542,7 +544,7 @@ def max(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
 
     PyTorch style: ``x.max()`` is the largest element (0-d); ``x.max(1)`` or ``x.max(dim=1)``
     returns ``(values, indices)`` along that axis. NumPy style: ``x.max(axis=1)`` returns the
-    values. Ties share the gradient equally.
+    values. ``max(a, b)`` of two tensors is ``maximum(a, b)``. Ties share the gradient equally.
     """
     return _maxmin(x, dim, keepdim, axis, keepdims, "max")
 
@@ -785,11 +787,24 @@ def view(x, *shape):
 
 
 def flatten(x, start_dim=0, end_dim=-1):
-    """x with axes ``start_dim..end_dim`` merged into one: (2, 3, 4).flatten(1) -> (2, 12)."""
+    """x with axes ``start_dim..end_dim`` merged into one: (2, 3, 4).flatten(1) -> (2, 12); a
+    0-d tensor becomes (1,), as in PyTorch."""
     nd = x.ndim
-    s, e = start_dim % nd, end_dim % nd
-    shape = x.shape[:s] + (-1,) + x.shape[e + 1:]
+    if nd == 0:
+        _norm_axes((start_dim, end_dim), 0, "flatten")
+        return reshape(x, (1,))
+    s, e = _norm_axes((start_dim, end_dim), nd, "flatten")
+    if s > e:
+        raise ValueError(f"flatten: start_dim ({start_dim}) cannot come after end_dim ({end_dim})")
+    shape = x.shape[:s] + (_prod(x.shape[s:e + 1]),) + x.shape[e + 1:]
     return reshape(x, shape)
+
+
+def _prod(sizes):
+    n = 1
+    for v in sizes:
+        n *= v
+    return n
 
 
 def transpose(x, *axes):
@@ -806,7 +821,7 @@ def transpose(x, *axes):
     if len(axes) != 2:
         raise TypeError("transpose: give two axes to swap, or one tuple with a full permutation")
     perm = list(range(nd))
-    a, b = axes[0] % nd, axes[1] % nd
+    a, b = _norm_axes(tuple(axes), nd, "transpose")
     perm[a], perm[b] = perm[b], perm[a]
     return Transpose(tuple(perm)).apply(x)
 
@@ -816,7 +831,13 @@ def permute(x, *axes):
     -> (4, 2, 3)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    return Transpose(tuple(a % x.ndim for a in axes)).apply(x)
+    if len(axes) != x.ndim:
+        raise ShapeError(f"permute: the order {axes} has {len(axes)} dims, the tensor of shape "
+                         f"{x.shape} has {x.ndim}")
+    perm = _norm_axes(tuple(axes), x.ndim, "permute")
+    if len(set(perm)) != len(perm):
+        raise ValueError(f"permute: repeated dim in {axes}")
+    return Transpose(perm).apply(x)
 
 
 def getitem(x, index):
@@ -832,21 +853,26 @@ def getitem(x, index):
 
 
 def squeeze(x, axis=None, *, dim=None):
-    """x without its size-1 axes (all of them, or ``axis`` if it has size 1)."""
+    """x without its size-1 axes: all of them, or those of ``axis`` (an int or a tuple) that
+    have size 1 (others stay, as in PyTorch)."""
     axis = _axis(axis, dim)
     shape = x.shape
     if axis is None:
         new = tuple(s for s in shape if s != 1)
     else:
-        a = axis % x.ndim
-        new = shape[:a] + shape[a + 1:] if shape[a] == 1 else shape
+        axes = _norm_axes(axis, x.ndim, "squeeze")
+        axes = axes if isinstance(axes, tuple) else (axes,)
+        new = tuple(s for i, s in enumerate(shape) if not (i in axes and s == 1))
     return Reshape(new).apply(x)
 
 
 def unsqueeze(x, axis=None, *, dim=None):
-    """x with a new size-1 axis inserted at ``axis``: (3,).unsqueeze(0) -> (1, 3)."""
+    """x with a new size-1 axis inserted at ``axis`` (in [-ndim-1, ndim]): (3,).unsqueeze(0)
+    -> (1, 3), (3,).unsqueeze(-1) -> (3, 1)."""
     axis = _axis(axis, dim)
-    a = axis % (x.ndim + 1)
+    if axis is None:
+        raise TypeError("unsqueeze: missing the dim argument")
+    a = _norm_axes(axis, x.ndim + 1, "unsqueeze")
     return Reshape(x.shape[:a] + (1,) + x.shape[a:]).apply(x)
 
 

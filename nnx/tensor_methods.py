@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import activations, functional, ops
+from . import activations, functional, ops, shape_ops
 from .tensor import Tensor, _is_dtype_name
 
 
@@ -22,6 +22,26 @@ def _to(self, device=None, dtype=None, non_blocking=False):
     if isinstance(device, (np.dtype, type)) or (isinstance(device, str) and _is_dtype_name(device)):
         device, dtype = None, device
     return ops.to_device(self, device, dtype)
+
+
+def _where(self, condition, other):
+    """``x.where(condition, y)``: ``where(condition, x, y)``, as PyTorch's method."""
+    return shape_ops.where(condition, self, other)
+
+
+def _masked_fill(self, mask, value):
+    """``value`` where the bool ``mask`` (broadcast) is true, else this tensor, in this
+    tensor's dtype (differentiable in this tensor); see ``shape_ops.masked_fill``."""
+    return shape_ops.masked_fill(self, mask, value)
+
+
+def _bool(self):
+    return ops.to_device(self, None, np.bool_)
+
+
+def _type_as(self, other):
+    """This tensor in ``other``'s dtype."""
+    return ops.to_device(self, None, other.dtype)
 
 
 def _reflected(op):
@@ -50,6 +70,14 @@ def bind(T=Tensor):
                  "maximum", "minimum"):
         setattr(T, name, getattr(ops, name))
     T.clamp = ops.clip
+    for name in ("split", "chunk", "expand", "expand_as", "repeat", "view_as"):
+        setattr(T, name, getattr(shape_ops, name))
+    T.where = _where
+    T.eq, T.ne, T.lt, T.le, T.gt, T.ge = ops.eq, ops.ne, ops.lt, ops.le, ops.gt, ops.ge
+    T.greater, T.less, T.greater_equal, T.less_equal = ops.gt, ops.lt, ops.ge, ops.le
+    T.bool = _bool
+    T.type_as = _type_as
+    T.masked_fill = _masked_fill
     T.T = property(ops.T)
     T.to = _to
     for name in ("sigmoid", "relu", "leaky_relu", "tanh"):

@@ -461,3 +461,151 @@ def test_micro_variants_run_and_agree(kernel):
         assert float(lf) == pytest.approx(lt.item(), rel=1e-5)
         np.testing.assert_allclose(gf, gu, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(gf, gt.numpy(), rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- D: mnist-cnn
+def test_workload_d_definition():
+    """Issue 10's D: PyTorch's MNIST convnet, batch 128, SGD 0.01, 9.16 GFLOP per step."""
+    d = W.get("D")
+    assert W.get("mnist-cnn") == d and (d.batch, d.optimizer, d.lr) == (128, "sgd", 0.01)
+    assert [n for n, _ in d.layers()] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d",
+                                         "Flatten", "Linear", "ReLU", "Linear"]
+    assert d.layers()[0] == ("Conv2d", (1, 32, 3)) and d.layers()[6] == ("Linear", (9216, 128))
+    assert d.param_keys() == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias",
+                              "8.weight", "8.bias"]
+    assert d.n_params == 1_199_882  # PyTorch's Net of examples/mnist
+    per_sample = 32 * 9 * 26 * 26, 64 * 32 * 9 * 24 * 24, 9216 * 128, 128 * 10
+    assert d.flops_per_step == 2 * 128 * (3 * sum(per_sample) - per_sample[0])
+    assert round(d.flops_per_step / 1e9, 2) == 9.16
+    p = W.init_params(d)
+    assert {k: v.shape for k, v in p.items()} == d.param_shapes()
+    assert p["2.weight"].shape == (64, 32, 3, 3) and p["2.weight"].dtype == np.float32
+    assert float(np.abs(p["2.weight"]).max()) <= 1 / np.sqrt(32 * 9)
+    x, y = W.make_batches(d)[0]
+    assert x.shape == (128, 1, 28, 28) and y.shape == (128,) and y.max() < 10
+    assert W.get("D@16").batch == 16 and W.get("D@16").layers() == d.layers()
+
+
+def _d_params_with_ties(w):
+    """D's parameters with 8 of conv2's channels constant (zero kernel, bias 0.5): every 2x2
+    window of those channels is a four-way tie, so the max-pool's gradient routing (to the
+    first maximum, as PyTorch) decides the gradients of conv1 and conv2."""
+    p = W.init_params(w)
+    p["2.weight"][:8] = 0.0
+    p["2.bias"][:8] = 0.5
+    return p
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "pool-ties"])
+@pytest.mark.parametrize("key", ["D", "D@8"])
+def test_floor_cnn_gradients_match_torch(key, ties):
+    """The CNN floor's loss and gradients equal PyTorch's on the same weights and batch."""
+    pytest.importorskip("torch")
+    w = W.get(key)
+    p = _d_params_with_ties(w) if ties else W.init_params(w)
+    b = W.make_batches(w)
+    floor, ref = C.make("floor", w, p, b), C.make("torch", w, p, b)
+    assert floor.info["impl"] == "benchmarks/floor_cnn.py"
+    _assert_close(floor.gradients(), ref.gradients(), 2e-5, f"{key} floor vs torch grads")
+    assert floor.loss_value() == pytest.approx(ref.loss_value(), rel=1e-5)
+
+
+def test_floor_cnn_updates_match_torch():
+    """Three SGD steps over alternating batches leave PyTorch's parameters."""
+    pytest.importorskip("torch")
+    w = W.get("D@8")
+    p, b = W.init_params(w), W.make_batches(w)
+    floor, ref = C.make("floor", w, p, b), C.make("torch", w, p, b)
+    for _ in range(3):
+        floor.step()
+        ref.step()
+    got, want = floor.state_dict(), ref.state_dict()
+    for k in want:
+        assert float(np.abs(want[k] - p[k]).max()) > 0, k
+        err = float(np.abs(got[k] - want[k]).max())
+        assert err <= 1e-5 * float(np.abs(want[k]).max()), f"{k}: {err:.3g}"
+    assert floor.loss_value() == pytest.approx(ref.loss_value(), rel=1e-5)
+
+
+def _nnx_has_cnn():
+    import nnx
+    return all(hasattr(nnx.nn, n) for n in ("Conv2d", "MaxPool2d"))
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "pool-ties"])
+def test_floor_cnn_gradients_match_nnx(ties):
+    if not _nnx_has_cnn():
+        pytest.skip("nnx.nn has no Conv2d / MaxPool2d yet")
+    w = W.get("D@8")
+    p = _d_params_with_ties(w) if ties else W.init_params(w)
+    b = W.make_batches(w)
+    floor, ref = C.make("floor", w, p, b), C.make("nnx", w, p, b)
+    _assert_close(floor.gradients(), ref.gradients(), 2e-5, "D floor vs nnx grads")
+    assert floor.loss_value() == pytest.approx(ref.loss_value(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["floor", "nnx", "torch"])
+def test_workload_d_builds_and_steps(name):
+    if name == "nnx" and not _nnx_has_cnn():
+        pytest.skip("nnx.nn has no Conv2d / MaxPool2d yet")
+    c = _make(name, "D")
+    c.set_threads(1)
+    c.activate()
+    before = c.state_dict()
+    c.step()
+    assert np.isfinite(c.loss_value())
+    after = c.state_dict()
+    assert list(after) == W.get("D").param_keys()
+    assert all(not np.array_equal(before[k], after[k]) for k in after)
+
+
+def test_floor_cnn_has_no_cuda_path():
+    with pytest.raises(C.Skip, match="NumPy only"):
+        C.FloorContender(W.get("D@8"), W.init_params(W.get("D@8")),
+                         W.make_batches(W.get("D@8")), "cuda")
+
+
+def test_memory_bar_d():
+    mem = [{"workload": "D", "contender": "floor-cpu", "peak_rss": 100},
+           {"workload": "D", "contender": "nnx-cpu", "peak_rss": 140}]
+    (bar,) = report.check_memory_bars(mem)
+    assert bar["limit"] == 1.5 and bar["ok"]
+
+
+def test_gpu_kernel_bandwidth_runs_on_emulated_kernels():
+    """``benchmarks/gpu_kernels.py`` (run by gpu_check.sh on a GPU) drives the real launch
+    paths of im2col, col2im and the max-pool kernels: here on the emulated CUDA kernels, tiny
+    shapes, a wall-clock timer (the numbers mean nothing; the script must not break)."""
+    cuda_emu = pytest.importorskip("cuda_emu")
+    if not cuda_emu.compiler_available():
+        pytest.skip("no g++ for the emulated kernels")
+    from nnx.benchmarks import gpu_kernels
+    with cuda_emu.emulated_backend() as be:
+        res = gpu_kernels.run(be, gpu_kernels.wall_timer,
+                              dict(n=2, c=3, h=6, w=5, pool_c=2, pool_hw=4), reps=1)
+    assert set(res) == {"copy", "im2col", "col2im", "maxpool2d_fwd", "maxpool2d_bwd"}
+    for name, r in res.items():
+        assert "error" not in r, (name, r)
+        assert r["gbps"] > 0 and (name == "copy" or "vs_copy" in r)
+    assert res["im2col"]["bytes"] == 4 * (2 * 3 * 9 * 4 * 3 + 2 * 3 * 6 * 5)
+    assert "MB moved" in gpu_kernels.table(res)
+
+
+@pytest.mark.skipif(CUDA_OK, reason="a GPU is present")
+def test_gpu_kernels_script_skips_without_gpu(capsys):
+    from nnx.benchmarks import gpu_kernels
+    assert gpu_kernels.main([]) == 0
+    assert capsys.readouterr().out.startswith("no GPU: skipped")
+
+
+def test_main_smoke_runs_d(capsys):
+    """D through the suite's runner (smoke: D at batch 16): the floor, nnx (when it has the
+    layers) and torch are timed, and the floor bar is checked."""
+    from nnx.benchmarks import main
+    rc = main(["--smoke", "--workloads", "D", "--no-memory", "--no-micro", "--no-save",
+               "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "D@16 mnist-cnn" in out and "floor-cpu" in out
+    if _nnx_has_cnn():
+        assert "/ floor-cpu" in out  # the nnx <= 1.10 x floor bar, ok or MISS

@@ -24,8 +24,13 @@ ADAM_CASES = {
     "adam": dict(lr=0.01),
     "adam_wd": dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05),
 }
+ADADELTA_CASES = {
+    "adadelta": dict(lr=1.0),
+    "adadelta_wd_maximize": dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.05, maximize=True),
+}
 CASES = {**{f"sgd-{k}": ("SGD", v) for k, v in SGD_CASES.items()},
-         **{k: ("Adam", v) for k, v in ADAM_CASES.items()}}
+         **{k: ("Adam", v) for k, v in ADAM_CASES.items()},
+         **{k: ("Adadelta", v) for k, v in ADADELTA_CASES.items()}}
 
 
 def _data(dtype):

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from .. import serialization
+from .. import distributed, serialization
 from .paths import check_save_path
 
 __all__ = ["Callback", "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint",
@@ -190,6 +190,9 @@ class ModelCheckpoint(Callback):
             architecture as data and loads with ``nnx.load_model(path)`` (when every layer is
             one of nnx's; else the weights alone are written).
         mode: ``"min"``, ``"max"`` or ``"auto"``.
+
+    Under ``nnx.distributed`` with several processes only rank 0 writes (the replicas hold the
+    same weights).
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
@@ -220,6 +223,8 @@ class ModelCheckpoint(Callback):
                 return
             self.best = current
         path = self.filepath.format(epoch=epoch + 1, **logs)
+        if distributed.rank() != 0:  # data-parallel replicas are identical: rank 0 writes
+            return
         self._save(path, epoch, logs)
         self.last_saved = path
         if self.verbose:
@@ -337,6 +342,9 @@ class CSVLogger(Callback):
         self._file = None
 
     def on_train_begin(self, logs=None):
+        if distributed.rank() != 0:  # under nnx.distributed, rank 0 writes the file
+            self._file = None
+            return
         self._header = not (self.append and os.path.exists(self.filename)
                             and os.path.getsize(self.filename) > 0)
         self._file = open(self.filename, "a" if self.append else "w", newline="")
@@ -344,6 +352,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if self._file is None:
+            return
         if self.keys is None:
             self.keys = sorted(logs)
             self.writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys,

@@ -9,18 +9,94 @@ per-batch losses kept on the device (:func:`first_nonfinite_batch`).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
+import warnings
 
 import numpy as np
 
-from .. import _config
+from .. import _config, distributed
+from ..data import DataLoader, DistributedSampler
+from ..nn import parallel
+from ..tensor import Tensor
 from . import callbacks as C
 from .history import History
 from .losses import class_weighted
 
 __all__ = ["check_fit_args", "fit_epochs", "eval_sums", "host_floats", "first_nonfinite_batch",
-           "progress"]
+           "progress", "shard", "distributed_first_bad"]
+
+
+# ---------------------------------------------------------------------- data parallelism
+# Under an initialized world of more than one process (``nnx.distributed.init()`` under
+# mpirun), ``fit`` trains data-parallel: each rank takes its shard of the rows
+# (``DistributedSampler``'s: rank r gets rows r, r + W, ...; the training shard padded by
+# repeating rows so every rank runs the same number of steps), ``batch_size`` rows per rank and
+# step, gradients averaged over the ranks after each backward, rank 0's weights copied to all at
+# the start. The epoch's loss and metric sums are added over the ranks (History and callbacks
+# see the same numbers everywhere, so their decisions agree, TerminateOnNaN's included); the
+# progress bar and the callbacks' printing and warnings show on rank 0 only.
+
+def _rows(a):
+    """``a`` as an array with rows (NumPy, CuPy; Tensors give their array)."""
+    if isinstance(a, Tensor):
+        return a.data
+    if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"):
+        return a
+    return np.asarray(a)
+
+
+def shard(data, pad=True):
+    """This rank's shard of ``data``: an ``(x, y)`` pair of arrays (rows taken as
+    ``DistributedSampler(shuffle=False)`` does; ``pad=False`` leaves the tail unpadded, for
+    evaluation) or a DataLoader (rebuilt over a ``DistributedSampler``). ``data`` itself in a
+    world of one."""
+    world = distributed.world_size()
+    if world == 1:
+        return data
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, DistributedSampler):
+            return data
+        sampler = DistributedSampler(data.dataset, shuffle=data.shuffle, seed=0)
+        return DataLoader(data.dataset, batch_size=data.batch_size, drop_last=data.drop_last,
+                          device=data.device, sampler=sampler)
+    x, y = data
+    x = _rows(x)
+    n = int(x.shape[0])
+    if pad:
+        idx = np.fromiter(iter(DistributedSampler(range(n), shuffle=False)), dtype=np.int64)
+    else:
+        idx = np.arange(distributed.rank(), n, world, dtype=np.int64)
+    out = []
+    for a in (x, None if y is None else _rows(y)):
+        if a is None:
+            out.append(None)
+        elif isinstance(a, np.ndarray):
+            out.append(a[idx])
+        else:
+            out.append(a[sys.modules["cupy"].asarray(idx)])
+    return tuple(out)
+
+
+def distributed_first_bad(local):
+    """The first bad batch index over the ranks (``local`` is this rank's, or None)."""
+    if distributed.world_size() == 1:
+        return local
+    found = [b for b in distributed.all_gather_objects(local) if b is not None]
+    return min(found) if found else None
+
+
+def _quiet_context():
+    """On ranks other than 0: callbacks' stdout and warnings are dropped."""
+    if distributed.rank() == 0:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
 
 
 def check_fit_args(batch_size, epochs, verbose, validation_split):
@@ -56,10 +132,11 @@ def _callbacks(model, callbacks, terminate_on_nan, params):
     return cbs, begin, end
 
 
-def _train_epoch(train, shuffle, steps, lossf, mfns, opt, ebar):
+def _train_epoch(train, shuffle, steps, lossf, mfns, opt, ebar, reduce=None):
     """One pass of training over ``train``'s batches: forward through ``steps``, the loss,
-    backward, the optimizer's step. Returns ``(loss sum, metric sums, rows, per-batch losses,
-    deferred checks)``, all still on the device."""
+    backward (then ``reduce()``, the gradients' averaging over the ranks, when given), the
+    optimizer's step. Returns ``(loss sum, metric sums, rows, per-batch losses, deferred
+    checks)``, all still on the device."""
     zero_grad, step = opt.zero_grad, opt.step
     losses = []
     checks = []
@@ -74,6 +151,8 @@ def _train_epoch(train, shuffle, steps, lossf, mfns, opt, ebar):
         loss = lossf(out, yb)
         zero_grad()
         loss.backward()
+        if reduce is not None:
+            reduce()
         step()
         ld = loss.data
         losses.append(ld)
@@ -109,6 +188,17 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
     history.params = {"epochs": int(epochs), "steps": train.steps,
                       "batch_size": int(batch_size), "samples": train.n, "verbose": verbose}
     cbs, begin_cbs, end_cbs = _callbacks(model, callbacks, terminate_on_nan, history.params)
+    reduce = None
+    quiet = contextlib.nullcontext
+    if distributed.world_size() > 1:
+        named = list(model.named_parameters())
+        parallel.check_same_state(named + list(model.named_buffers()), "fit")
+        parallel.broadcast_state(model)
+        params = [p for _, p in named]
+        reduce = lambda: parallel.average_gradients(params)  # noqa: E731
+        quiet = _quiet_context
+        if distributed.rank() != 0:
+            verbose = 0
     object.__setattr__(model, "history", history)
     object.__setattr__(model, "stop_training", False)
     object.__setattr__(model, "stop_reason", None)
@@ -118,21 +208,26 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
         bar = progress(total=int(epochs) - int(initial_epoch), desc="Training", unit="epoch")
     was_training = model.training
     model.train()
-    for c in cbs:
-        c.on_train_begin({})
+    with quiet():
+        for c in cbs:
+            c.on_train_begin({})
     try:
         # NaN/inf is reported once, by TerminateOnNaN, not as NumPy warnings per op.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(int(initial_epoch), int(epochs)):
                 t0 = time.perf_counter()
-                for c in begin_cbs:
-                    c.on_epoch_begin(epoch, {})
+                sampler = getattr(getattr(train, "loader", None), "sampler", None)
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(epoch)
+                with quiet():
+                    for c in begin_cbs:
+                        c.on_epoch_begin(epoch, {})
                 ebar = None
                 if verbose == 1:
                     ebar = progress(total=train.steps, desc=f"Epoch {epoch + 1}/{epochs}",
                                     unit="batch")
                 tot, msum, seen, setup.batch_losses, checks = _train_epoch(
-                    train, shuffle, steps, train_loss, mfns, setup.optimizer, ebar)
+                    train, shuffle, steps, train_loss, mfns, setup.optimizer, ebar, reduce)
                 if not seen:
                     raise ValueError("fit: the training data gave no batches (a DataLoader "
                                      "with drop_last and fewer rows than batch_size?)")
@@ -144,6 +239,9 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
                     divs += [vseen] * len(vsums)
                     checks += vchecks
                 vals = host_floats(be, sums, checks)  # the epoch's one host sync
+                if reduce is not None:  # sums and row counts over the ranks
+                    both = distributed.all_reduce_floats(vals + divs)
+                    vals, divs = both[:len(vals)].tolist(), both[len(vals):].tolist()
                 logs = {}
                 for k, v, d, lst in zip(keys, vals, divs, lists):
                     v /= d
@@ -157,8 +255,9 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
                 elif bar is not None:
                     bar.set_postfix_str(_fmt(logs), refresh=False)
                     bar.update(1)
-                for c in end_cbs:
-                    c.on_epoch_end(epoch, logs)
+                with quiet():
+                    for c in end_cbs:
+                        c.on_epoch_end(epoch, logs)
                 if model.stop_training:
                     history.stopped_epoch = epoch
                     history.stop_reason = model.stop_reason or "callback"
@@ -168,8 +267,9 @@ def fit_epochs(model, setup, train, val, *, epochs, initial_epoch, batch_size, v
             bar.close()
         setup.batch_losses = None
         model.train(was_training)
-    for c in cbs:
-        c.on_train_end({})
+    with quiet():
+        for c in cbs:
+            c.on_train_end({})
     return history
 
 

@@ -31,12 +31,18 @@ from .data import (as_backend_array, batch_source, is_loader, predict_batches, s
                    to_host)
 from .heads import logits_head
 from ..nn.inputs import Input
-from .layers import Dense
+from .layers import Dense, weight_slots
 from .paths import check_save_path
 from .losses import loss_for, target_kind
 from .metrics import metrics_for
 
 __all__ = ["Sequential", "FORMAT"]
+
+
+def _builds_from_shape(layer):
+    """A Keras layer that takes its size from the per-sample shape before it (Conv2D,
+    BatchNormalization), as Dense takes ``input_dim``."""
+    return hasattr(layer, "build_from_shape") and hasattr(layer, "built")
 
 #: The "format" entry of a file written by ``Sequential.save``.
 FORMAT = "nnx.sequential"
@@ -111,6 +117,8 @@ class Sequential(_Container):
             elif prev is not None and layer.in_features != prev:
                 raise ShapeError(f"Dense({layer.units}, input_dim={layer.in_features}) does not "
                                  f"fit after a layer with {prev} outputs")
+        elif _builds_from_shape(layer) and not layer.built:  # Conv2D, BatchNormalization
+            self._build_from_shape(layer, shape)
         self.append(layer)
         object.__setattr__(self, "_keras", None)
         return self
@@ -126,6 +134,8 @@ class Sequential(_Container):
                 self._build_dense(m, feats, f"Dense({m.units}) at position {i} has no input size "
                                             f"and none can be inferred from the layers before "
                                             f"it; give it input_dim=...")
+            elif _builds_from_shape(m) and not m.built and (strict or shape is not None):
+                self._build_from_shape(m, shape)
             shape = m.output_shape(shape)
 
     def _build_dense(self, layer, in_features, error):
@@ -137,6 +147,13 @@ class Sequential(_Container):
         p = next(iter(self.parameters()), None)
         layer.build(in_features, device=p.device if p is not None else None,
                     dtype=p.dtype if p is not None else None)
+
+    def _build_from_shape(self, layer, shape):
+        """Build a Conv2D / BatchNormalization for the per-sample ``shape`` the layers before
+        it output, on the device and in the dtype of the model's parameters."""
+        p = next(iter(self.parameters()), None)
+        layer.build_from_shape(shape, device=p.device if p is not None else None,
+                               dtype=p.dtype if p is not None else None)
 
     @property
     def layers(self):
@@ -153,8 +170,9 @@ class Sequential(_Container):
 
     def _unbuilt_layers(self):
         """``"<name> Dense(<units>)"`` for each Dense of the model that is not built yet."""
-        return [f"{name} Dense({m.units})" for name, m in self.named_modules()
-                if isinstance(m, Dense) and not m.built]
+        return [f"{name} " + (f"Dense({m.units})" if isinstance(m, Dense) else type(m).__name__)
+                for name, m in self.named_modules()
+                if (isinstance(m, Dense) or _builds_from_shape(m)) and not m.built]
 
     def count_params(self):
         """The number of parameter values (Keras's ``model.count_params()``)."""
@@ -286,6 +304,12 @@ class Sequential(_Container):
         NOTE: the loss and metrics are read from the device once per epoch, not per batch, so
         a NaN is noticed at the end of the epoch in which it appears; the rest of that epoch
         runs on NaN weights.
+
+        Under ``nnx.distributed.init()`` with several processes (``mpirun -np N``), ``fit``
+        trains data-parallel: each rank fits its shard of the rows, ``batch_size`` rows per
+        rank and step, gradients averaged over the ranks; History, callbacks' decisions and
+        ``TerminateOnNaN`` see the metrics over all ranks; only rank 0 shows progress, prints
+        and writes checkpoints (see ``nnx.keras.fitting``).
         """
         st = self._setup("fit")
         batch_size, verbose = fitting.check_fit_args(batch_size, epochs, verbose,
@@ -295,6 +319,13 @@ class Sequential(_Container):
                 raise ValueError("fit: validation_split needs arrays, not a DataLoader; pass "
                                  "validation_data instead")
             x, y, validation_data = split_last(x, y, validation_split)
+        if is_loader(x):  # under nnx.distributed with several ranks: this rank's shard
+            x = fitting.shard(x)
+        else:
+            x, y = fitting.shard((x, y))
+        if validation_data is not None:
+            validation_data = fitting.shard(validation_data if is_loader(validation_data)
+                                            else tuple(validation_data), pad=False)
         train = self._batches_for(x, y, batch_size, st, "fit", bool(shuffle))
         val = self._validation_batches(validation_data, batch_size, st)
         return fitting.fit_epochs(self, st, train, val, epochs=epochs,
@@ -307,7 +338,8 @@ class Sequential(_Container):
         st = self.__dict__.get("_keras")
         if st is None:
             return None
-        return fitting.first_nonfinite_batch(self._model_backend_dtype()[0], st.batch_losses)
+        return fitting.distributed_first_bad(
+            fitting.first_nonfinite_batch(self._model_backend_dtype()[0], st.batch_losses))
 
     # ------------------------------------------------------------------ evaluate / predict
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, return_dict=False):
@@ -367,43 +399,33 @@ class Sequential(_Container):
         return self.predict(x, batch_size=max(1, len(x)))
 
     # ------------------------------------------------------------------ weights
-    def _kernels(self):
-        """ids of the ``weight`` of each Dense in the model (Keras's kernels)."""
-        return {id(m.weight) for m in self.modules() if isinstance(m, Dense) and m.built}
-
     def get_weights(self):
-        """The parameters as host NumPy arrays (copies), in Keras's order and layout: for each
+        """The weights as host NumPy arrays (copies), in Keras's order and layout: for each
         ``Dense``, its kernel ``(in_features, units)`` (the transpose of ``weight``, as
-        Keras's ``Dense.kernel``) then its bias ``(units,)``; other layers' parameters (e.g.
-        an ``nn.Linear``, a PyTorch layer Keras does not have) as their ``state_dict`` holds
-        them, weight ``(out, in)``. ``state_dict()`` keeps PyTorch's layout for every layer,
-        ``(out, in)`` for a Dense's weight too."""
-        kernels = self._kernels()
-        return [np.ascontiguousarray(p.numpy().T) if id(p) in kernels
-                else np.array(p.numpy(), copy=True) for p in self.parameters()]
+        Keras's ``Dense.kernel``) then its bias ``(units,)``; for each ``Conv2D`` its kernel
+        ``(kh, kw, in, filters)`` then its bias; for each ``BatchNormalization`` gamma, beta,
+        moving_mean, moving_variance; other layers' parameters (e.g. an ``nn.Linear``, a
+        PyTorch layer Keras does not have) as their ``state_dict`` holds them, weight
+        ``(out, in)``. ``state_dict()`` keeps PyTorch's layout for every layer."""
+        return [get() for _, _, get, _ in weight_slots(self)]
 
     def set_weights(self, weights):
         """Copy ``weights`` (in ``get_weights``'s order and layout: a Dense's kernel
-        ``(in_features, units)`` as Keras) into the parameters, in place; nothing changes
-        unless every shape fits."""
-        params = list(self.parameters())
-        kernels = self._kernels()
+        ``(in_features, units)``, a Conv2D's ``(kh, kw, in, filters)``, as in Keras) into the
+        model, in place; nothing changes unless every shape fits."""
+        slots = weight_slots(self)
         weights = list(weights)
-        if len(weights) != len(params):
+        if len(weights) != len(slots):
             raise ValueError(f"set_weights: {len(weights)} arrays given, the model has "
-                             f"{len(params)} parameters")
-        for i, (p, w) in enumerate(zip(params, weights)):
-            want = p.shape[::-1] if id(p) in kernels else p.shape
+                             f"{len(slots)} weights")
+        for i, ((what, want, _, _), w) in enumerate(zip(slots, weights)):
             if tuple(np.shape(w)) != tuple(want):
-                what = " (a Dense kernel, (in_features, units) as in Keras)" \
-                    if id(p) in kernels else ""
+                what = f" (the {what})" if what.startswith("kernel") else ""
                 raise ShapeError(f"set_weights: array {i} has shape {tuple(np.shape(w))}, "
-                                 f"parameter {i}{what} has {tuple(want)}")
-        for p, w in zip(params, weights):
-            host = to_host(w, p.dtype)
-            if id(p) in kernels:
-                host = np.ascontiguousarray(np.asarray(host).T)
-            p.data[...] = p._backend.asarray(host)
+                                 f"weight {i}{what} has {tuple(want)}")
+        dt = self._model_backend_dtype()[1]
+        for (_, _, _, set_), w in zip(slots, weights):
+            set_(np.asarray(to_host(w, dt)))
 
     # ------------------------------------------------------------------ architecture as data
     def get_config(self):
@@ -454,7 +476,8 @@ class Sequential(_Container):
             trainable += sum(p.size for p in m.parameters() if p.requires_grad)
             shape = m.output_shape(shape)
             label = type(m).__name__
-            if getattr(m, "activation", None) not in (None, "linear") and hasattr(m, "units"):
+            if getattr(m, "activation", None) not in (None, "linear") and (
+                    hasattr(m, "units") or hasattr(m, "filters")):
                 label += f" ({m.activation})"
             dims = "?" if not shape else ", ".join(str(d) for d in (None,) + tuple(shape))
             rows.append((f"{name} {label}", dims if dims == "?" else f"({dims})", f"{n:,}"))

@@ -40,7 +40,7 @@ def fused_args(act):
     the activation module ``act`` (None: no activation)."""
     if act is None:
         return _table.LINEAR, 0.01
-    return act.fused_activation, act.__dict__.get("negative_slope", 0.01)
+    return act.fused_activation, act.fused_slope
 
 
 def _plain_linear(m):

@@ -36,7 +36,7 @@ number of this step for this parameter, from 1.
 
 The optimizers here: ``SGD``, ``Adam`` and ``AdamW`` (both with ``amsgrad``; one fused kernel,
 ``adam_update_``), ``RMSprop`` (momentum, centered; ``rmsprop_update_``) and ``Adagrad``
-(``adagrad_update_``).
+(``adagrad_update_``), ``Adadelta`` (``adadelta_update_``).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from .. import _config
 from ..errors import DTypeError
 from ..tensor import Tensor, _wrap
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
 
 
 class _FlatGroup:
@@ -692,6 +692,61 @@ class Adagrad(Optimizer):
         lr, lr_decay = float(group["lr"]), float(group["lr_decay"])
         clr = lr / (1 + (step - 1) * lr_decay)  # on the host, as the reference rule
         return (state["sum"], clr, float(group["weight_decay"]), float(group["eps"]))
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Zeiler, https://arxiv.org/abs/1212.5701) with PyTorch's rule (see ``update``):
+    state ``square_avg`` (the running mean of g^2) and ``acc_delta`` (of the squared steps);
+    ``maximize=True`` ascends. ``fused``: see ``Optimizer``.
+
+    Args:
+        params: the parameters (or parameter groups) to optimize.
+        lr: the factor applied to each step (default 1.0).
+        rho: the running averages' decay (default 0.9).
+        eps: added inside both square roots (default 1e-6).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        maximize: maximize the objective instead of minimizing it (default False).
+
+    Example:
+        >>> opt = optim.Adadelta(model.parameters(), lr=1.0)
+    """
+
+    state_names = ("square_avg", "acc_delta")
+    kernel = "adadelta_update_"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, *,
+                 fused=None):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=bool(maximize)), fused=fused)
+
+    non_negative = ("eps", "weight_decay")
+
+    def _validate(self, group):
+        super()._validate(group)
+        if not 0.0 <= group["rho"] <= 1.0:
+            raise ValueError(f"invalid rho value: {group['rho']}")
+
+    def update(self, xp, param, grad, state, group, step):
+        lr, rho, eps = float(group["lr"]), float(group["rho"]), float(group["eps"])
+        weight_decay = float(group["weight_decay"])
+        square_avg, acc_delta = state["square_avg"], state["acc_delta"]
+        if group["maximize"]:
+            grad = -grad
+        if weight_decay:
+            grad = grad + weight_decay * param  # grad.add(param, alpha=weight_decay)
+        square_avg *= rho  # square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        square_avg += (1 - rho) * grad * grad
+        std = xp.sqrt(square_avg + eps)  # square_avg.add(eps).sqrt_()
+        delta = xp.sqrt(acc_delta + eps)  # acc_delta.add(eps).sqrt_().div_(std).mul_(grad)
+        delta /= std
+        delta *= grad
+        acc_delta *= rho  # acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+        acc_delta += (1 - rho) * delta * delta
+        param += -lr * delta  # param.add_(delta, alpha=-lr)
+
+    def kernel_args(self, state, group, step):
+        return (state["square_avg"], state["acc_delta"], float(group["lr"]), float(group["rho"]),
+                float(group["eps"]), float(group["weight_decay"]), bool(group["maximize"]))
 
 
 from . import lr_scheduler  # noqa: E402  (it imports nothing from here: no circle)
