@@ -180,7 +180,7 @@ def _keep_freed_memory():
     MPI's large collectives allocate and free temporaries of the message's size on every
     call; glibc maps such blocks fresh each time (``mmap`` above 32 MB at most) and the first
     touch of every page faults. On this project's 2-core VM that doubled the time of an 84 MB
-    allreduce (about 120 ms against 55 ms, ``benchmarks/NOTES.md``). Set
+    allreduce (50 ms against 24 ms on an idle host, ``benchmarks/NOTES.md``). Set
     ``NNX_DISTRIBUTED_MALLOC=0`` to leave glibc's defaults; elsewhere than glibc nothing happens.
     """
     if os.environ.get("NNX_DISTRIBUTED_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):

@@ -270,6 +270,17 @@ def _fits_int(v, dtype):
     return info.min <= int(v) <= info.max
 
 
+def _fill_value(value, dtype, who):
+    """The number ``value`` as a NumPy scalar of ``dtype`` (a float truncates into an integer
+    dtype, as in PyTorch); DTypeError naming ``who`` when ``dtype`` cannot hold it."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(value, dtype=dtype)[()]
+    except (OverflowError, ValueError, FloatingPointError, TypeError):
+        raise DTypeError(f"{who}: value {value!r} cannot be converted to the tensor's dtype "
+                         f"{dtype}") from None
+
+
 def masked_fill(input, mask, value):
     """``value`` where the bool ``mask`` (broadcast with ``input``) is true, else ``input``, as
     ``Tensor.masked_fill``: the result keeps ``input``'s dtype (a float ``value`` in an integer
@@ -282,13 +293,7 @@ def masked_fill(input, mask, value):
                              f"of shape {value.shape}")
         v = value if value.dtype == x.dtype else value.to(dtype=x.dtype)
     elif isinstance(value, numbers.Number):
-        try:
-            with np.errstate(over="raise", invalid="raise"):
-                arr = np.asarray(value, dtype=x.dtype)
-        except (OverflowError, ValueError, FloatingPointError, TypeError):
-            raise DTypeError(f"masked_fill: value {value!r} cannot be converted to the tensor's "
-                             f"dtype {x.dtype}") from None
-        v = _wrap(x._backend.xp.asarray(arr), x._backend)
+        v = _wrap(x._backend.xp.asarray(_fill_value(value, x.dtype, "masked_fill")), x._backend)
     else:
         raise TypeError(f"masked_fill: value must be a number or a 0-d tensor, got "
                         f"{type(value).__name__}")
@@ -419,7 +424,8 @@ def pad(input, pad, mode="constant", value=None):
             raise TypeError(f"pad: value must be a number, got {type(value).__name__}")
         if builtins.all(p == 0 for p in pads):
             return x.clone()
-        return Pad(tuple(per_axis), 0.0 if value is None else float(value)).apply(x)
+        fill = _fill_value(0 if value is None else value, x.dtype, "pad")
+        return Pad(tuple(per_axis), fill).apply(x)
     if value not in (None, 0, 0.0):
         raise ValueError(f"pad: value is only used by mode='constant' (got mode={mode!r})")
     if k == 0 or k > 3 or x.ndim not in (k + 1, k + 2):

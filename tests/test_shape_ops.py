@@ -263,6 +263,17 @@ def test_pad_circular_with_crops_wraps_the_cropped_tensor(p):
         F.pad(nnx.zeros(1, 2, 6), (3, -4), mode="circular")
 
 
+def test_pad_value_the_dtype_cannot_hold_raises():
+    # Regression: an int tensor padded with inf/nan got INT64_MIN (NumPy's unsafe cast)
+    with pytest.raises(nnx.DTypeError, match="pad: value inf.*int64"):
+        F.pad(nnx.zeros(2, dtype="int64"), (1, 1), value=float("inf"))
+    with pytest.raises(nnx.DTypeError, match="float16"):
+        F.pad(nnx.zeros(2, dtype="float16"), (1, 1), value=1e6)
+    got = F.pad(nnx.zeros(2, dtype="int64"), (1, 1), value=-2.7)
+    want = torch.nn.functional.pad(torch.zeros(2, dtype=torch.int64), (1, 1), value=-2.7)
+    assert got.dtype == np.int64 and got.tolist() == want.tolist()
+
+
 def test_pad_to_an_empty_dimension_as_torch():
     # Regression: a crop to size 0 raised, PyTorch gives an empty tensor
     p = (-2, -3)
