@@ -192,18 +192,40 @@ def _relu_forward(x, out, slope, bias):
         return None
     # In place (after a Linear's bias add): the exact y > 0 mask, kept for the backward (one
     # pass there instead of four).
-    if bias is not None and bias.dtype == x.dtype \
-            and np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it]:
-        # No -0.0 in the bias, so none in y: a sum is -0.0 only when both terms are. Then
-        # (0 - bits) >> (width - 1) is exact (the negation overflows only for -0.0's bits) and
-        # one pass shorter than _positive_mask. (It keeps the smallest subnormal, 1.4e-45, as
-        # PyTorch's CPU ReLU does; _positive_mask flushes it.)
-        mask = np.negative(bits)
-        np.right_shift(mask, shift, out=mask)
-    else:
-        mask = _positive_mask(x)
-    np.bitwise_and(bits, mask, bits)
+    mask = np.empty(x.shape, dtype=it)
+    relu_masked_(x, mask, bias_without_negative_zero(bias, x.dtype))
     return mask
+
+
+def bias_without_negative_zero(bias, dtype) -> bool:
+    """Whether ``bias`` (of ``dtype``, or None) holds no -0.0: then ``z + bias`` holds none
+    either (a sum is -0.0 only when both terms are), and :func:`relu_masked_` may take its
+    shorter exact form."""
+    if bias is None or bias.dtype != dtype or dtype not in _INT_VIEW:
+        return False
+    it = _INT_VIEW[dtype][0]
+    return bool(np.minimum.reduce(bias.view(it), axis=None) != _INT_MIN[it])
+
+
+def relu_masked_(x, mask, no_negative_zero: bool = False) -> None:
+    """In place ReLU of C-contiguous float ``x``; ``mask`` (the signed integer of x's width,
+    x's shape, C-contiguous) receives all ones where x > 0, else 0: what ``relu`` backward
+    takes as ``aux`` (one AND instead of four passes).
+
+    With ``no_negative_zero`` (the caller knows x holds no -0.0: see
+    :func:`bias_without_negative_zero`), ``(0 - bits) >> (width - 1)`` is exact (the negation
+    overflows only for -0.0's bits) and one pass shorter than :func:`_positive_mask`. (It keeps
+    the smallest subnormal, 1.4e-45, as PyTorch's CPU ReLU does; the other form flushes it.)
+    """
+    it, shift = _INT_VIEW[x.dtype]
+    bits = x.view(it)
+    if no_negative_zero:
+        np.negative(bits, out=mask)
+    else:
+        np.right_shift(bits, 1, out=mask)
+        np.negative(mask, out=mask)
+    np.right_shift(mask, shift, out=mask)
+    np.bitwise_and(bits, mask, bits)
 
 
 def _relu_backward(y, gy, out, slope, aux):

@@ -288,17 +288,23 @@ class Backend(abc.ABC):
         raise NotImplementedError(f"adaptive_avg_pool2d: not supported by the {self.name} backend")
 
     # ------------------------------------------------------------------ convolution
-    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True):
+    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True,
+                       activation: str = "linear", negative_slope: float = 0.01, grad=None):
         """2-D convolution (cross-correlation, as PyTorch): x (N, C, H, W), weight
         (O, C/groups, kh, kw), bias (O,) or None, ``geometry`` a ``backends.conv.Geometry``
-        (validated by the caller). Returns ``(y, saved)``: y (N, O, OH, OW) (its strides are the
-        backend's choice) and what ``conv2d_backward`` needs (None unless ``save``)."""
+        (validated by the caller), ``activation`` a ``backends.activations`` name whose
+        backward reads its output (or "linear") applied to conv + bias. Returns
+        ``(y, saved)``: y (N, O, OH, OW) (its strides are the backend's choice) and what
+        ``conv2d_backward`` needs: the im2col matrix when ``save`` (for a weight gradient), the
+        activation's state when ``grad`` (a backward will come; default ``save``); None when
+        there is nothing to keep."""
         raise NotImplementedError(f"conv2d: the {self.name} backend has no convolution")
 
     def conv2d_backward(self, x, weight, gy, saved, geometry, need_x: bool = True,
                         need_w: bool = True, need_b: bool = True):
         """``(gx, gw, gb)`` of the convolution for the output gradient ``gy``; an entry not
-        asked for is None. ``saved`` is what ``conv2d_forward(save=True)`` returned."""
+        asked for is None. ``saved`` is what ``conv2d_forward`` returned; ``gy`` is the
+        gradient of its output (after the fused activation, which this backward undoes)."""
         raise NotImplementedError(f"conv2d: the {self.name} backend has no convolution")
 
     def __repr__(self) -> str:

@@ -13,8 +13,12 @@ NumPy (``numpy_forward`` / ``numpy_backward``)
     ``y = cols @ W'`` (forward), ``gW' = gy^T @ cols`` (weight gradient) and
     ``gcols = gy @ W'^T`` followed by a col2im of kh*kw strided adds (data gradient), where
     ``W' (kh*kw*C/g, O)`` is the weight permuted to the cols' row order (an NCHW ``gy`` is
-    read in place by per-sample GEMMs). Outputs and input gradients are C-contiguous NCHW, or
-    NCHW views of channels-last arrays (``OUTPUT_LAYOUT``). The forward's cols are kept for
+    read in place by per-sample GEMMs). Outputs and input gradients are NCHW views of
+    channels-last arrays, or C-contiguous NCHW (``OUTPUT_LAYOUT``). A fused activation
+    (ReLU, sigmoid, tanh, leaky ReLU) is applied with the bias to cache-sized pieces of the
+    GEMM output; ReLU keeps an int mask the backward ANDs the incoming gradient with, in the
+    same pass that reads it channels-last. The data gradient of a wide ungrouped conv goes tap
+    by tap (one GEMM per tap into a cache-sized slab, added at its window right away). The forward's cols are kept for
     the weight gradient when they fit under the workspace limit (:func:`set_workspace_limit`,
     256 MiB by default); larger batches run in batch chunks (cols recomputed in the
     backward). The data gradient's gcols goes through a small buffer, chunk by chunk. Work
@@ -35,7 +39,10 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import activations as _acts
 from . import cuda_kernels as ck
+from .activations import LINEAR
+from .scalars import scalar
 
 __all__ = ["Geometry", "output_size", "set_workspace_limit", "get_workspace_limit",
            "BufferPool", "pool_of", "numpy_forward", "numpy_backward", "cupy_forward",
@@ -156,17 +163,23 @@ def pool_of(backend) -> BufferPool:
 
 class Saved:
     """What a forward keeps for its backward: the im2col matrix (NumPy) when it fit in one
-    chunk, and the pool it came from (given back by ``release``)."""
+    chunk, the pool it came from (given back by ``release``), and for a fused activation its
+    name, parameter, the output ``y`` and (NumPy ReLU) the y > 0 mask, an int array in the
+    channels-last order (N, OH, OW, O) from the pool."""
 
-    __slots__ = ("cols", "pool")
+    __slots__ = ("cols", "pool", "activation", "slope", "y", "mask")
 
-    def __init__(self, cols=None, pool=None):
+    def __init__(self, cols=None, pool=None, activation=LINEAR, slope=0.01, y=None, mask=None):
         self.cols, self.pool = cols, pool
+        self.activation, self.slope, self.y, self.mask = activation, slope, y, mask
 
     def release(self) -> None:
-        if self.cols is not None and self.pool is not None:
-            self.pool.give(self.cols)
-        self.cols = None
+        if self.pool is not None:
+            if self.cols is not None:
+                self.pool.give(self.cols)
+            if self.mask is not None:
+                self.pool.give(self.mask.reshape(-1))
+        self.cols = self.mask = self.y = None
 
 
 # ============================================================================== NumPy
@@ -249,20 +262,21 @@ def col2im_numpy(gcols7, g: Geometry, h: int, w: int):
     return gxp[:, g.pt:g.pt + h, g.pl:g.pl + w]
 
 
-#: Layout of the CPU path's outputs and input gradients: "nchw" (C-contiguous, as PyTorch's:
-#: the elementwise ops and pooling after a conv meet contiguous arrays and take their fast
-#: paths; costs transposed copies of y, and of x and gx when C > 1) or "nhwc" (NCHW-shaped
-#: views of channels-last arrays: a following conv reads them without a copy, but ReLU's
-#: backward then mixes layouts and pooling copies them to planes). On benchmark D (1 BLAS
-#: thread, a loaded 2-core machine) the two measured within noise of each other (nnx/floor
-#: 1.21 vs 1.35 in one run, 1.38 vs 1.19 in another); "nchw" is the least surprising.
-OUTPUT_LAYOUT = "nchw"
+#: Layout of the CPU path's outputs and input gradients: "nhwc" (the default: NCHW-shaped views
+#: of channels-last arrays, PyTorch's ``channels_last`` memory format: the next conv reads its
+#: input without a copy, the fused ReLU and the channels-last max-pool work on the same memory
+#: and hand back gradients in it) or "nchw" (C-contiguous; costs transposed copies of y, and of
+#: x and gx when C > 1). The values are the same; only the strides differ.
+OUTPUT_LAYOUT = "nhwc"
 
 # The data gradient's gcols goes through a small buffer chunk by chunk (it is consumed by the
 # col2im right away: a big one buys nothing and costs memory and cache).
 DATA_GRAD_CHUNK_BYTES = 8 << 20
-# The forward's NHWC -> NCHW transposes go through a scratch of about an L2.
-_TRANSPOSE_CHUNK_BYTES = 1 << 20
+# Fewer input channels than this: the per-tap data-gradient GEMMs are too thin to pay.
+_PER_TAP_MIN_C = 16
+# The forward finishes its GEMM output (bias, activation, NCHW transpose) in pieces of about an
+# L2; the data gradient's per-tap GEMM slabs are about as big (see ``_data_grad``).
+_PIECE_BYTES = 1 << 20
 
 
 def _cols_view(cols_flat, m, g: Geometry, oh, ow, cg):
@@ -294,68 +308,116 @@ def _gemm_nhwc(cols, wm, out2):
                   out=out2.reshape(rows, gr, og).transpose(1, 0, 2))
 
 
-def numpy_forward(backend, x, w, bias, g: Geometry, save: bool):
-    """y (N, O, OH, OW) (see ``OUTPUT_LAYOUT``) and a :class:`Saved` (None unless ``save``)."""
+def _finish_piece(part, bias, entry, slope, mask, exact):
+    """Bias and activation in place over one cache-sized piece ``part`` (rows, O) of the GEMM
+    output (``mask``: its rows of the ReLU mask to fill, or None)."""
+    if bias is not None:
+        np.add(part, bias, out=part)
+    if entry is None:
+        return
+    if mask is not None:
+        _acts.relu_masked_(part, mask, exact)
+    elif entry.name == "relu":  # no backward to come: no mask
+        np.maximum(part, scalar(0.0, part.dtype), out=part)
+    else:
+        entry.numpy_forward(part, part, slope, None)
+
+
+def numpy_forward(backend, x, w, bias, g: Geometry, save: bool, activation: str = LINEAR,
+                  slope: float = 0.01, grad=None):
+    """y (N, O, OH, OW) = act(conv(x, w) + bias) (see ``OUTPUT_LAYOUT``) and a :class:`Saved`.
+
+    ``save`` keeps the im2col matrix for a weight gradient; ``grad`` (default ``save``) says a
+    backward will come, so a fused ``activation`` (a ``backends.activations`` name whose
+    backward reads its output) keeps what its backward needs. Saved is None when neither.
+    The bias and activation run on cache-sized pieces of the GEMM output right after their
+    GEMM (for ReLU: in place, through the int bit pattern, filling the mask the backward ANDs
+    the gradient with)."""
+    grad = save if grad is None else grad
     pool = pool_of(backend)
     n, c, h, wd, o, gr, og, k, oh, ow, l, dt = _sizes(x, w, g)
     wm = _weight_matrix(w, g)  # (g, K, Og)
+    entry = None if activation == LINEAR else _acts.get(activation)
     nhwc = OUTPUT_LAYOUT == "nhwc"
     y = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), dtype=dt)
+    mask = None
+    if grad and entry is not None and entry.name == "relu":
+        mask = pool.take(n * l * o, np.dtype(f"i{dt.itemsize}")).reshape(n * l, o)
+    exact = mask is not None and _acts.bias_without_negative_zero(bias, dt)
     nb = _batch_chunk(n, l * gr * k * dt.itemsize, _LIMIT[0])
     xh = _nhwc(x)
     cols_buf = pool.take(nb * l * gr * k, dt)
-    # NCHW: the GEMMs write a cache-sized NHWC scratch, transposed into y piece by piece
-    step = _batch_chunk(nb, l * o * dt.itemsize, _TRANSPOSE_CHUNK_BYTES)
+    # the GEMMs run piece by piece, each piece finished (bias, activation, NCHW: transposed
+    # into y) while it is in cache
+    step = _batch_chunk(nb, l * o * dt.itemsize, _PIECE_BYTES)
     scratch = None if nhwc else pool.take(step * l * o, dt)
+    # NCHW without an activation: the bias rides on the transpose (no extra pass)
+    bias_on_copy = bias is not None and entry is None and not nhwc
     try:
         for n0 in range(0, n, nb):
             n1 = min(n, n0 + nb)
             cols = _fill_cols(pool, xh, g, n0, n1, cols_buf, oh, ow)  # (m, L, g, K)
-            if nhwc:
-                _gemm_nhwc(cols, wm, y[n0:n1].reshape(-1, o))
-                continue
             for s0 in range(n0, n1, step):
                 s1 = min(n1, s0 + step)
-                part = scratch[:(s1 - s0) * l * o].reshape(s1 - s0, l, o)
-                _gemm_nhwc(cols[s0 - n0:s1 - n0], wm, part.reshape(-1, o))
+                part = (y[s0:s1].reshape(-1, o) if nhwc
+                        else scratch[:(s1 - s0) * l * o].reshape(-1, o))
+                _gemm_nhwc(cols[s0 - n0:s1 - n0], wm, part)
+                _finish_piece(part, None if bias_on_copy else bias, entry, slope,
+                              None if mask is None else mask[s0 * l:s1 * l], exact)
+                if nhwc:
+                    continue
                 dst = y[s0:s1].reshape(s1 - s0, o, l)
-                if bias is None:
-                    np.copyto(dst, part.transpose(0, 2, 1))
-                else:  # the bias rides on the transpose: no extra pass over y
-                    np.add(part.transpose(0, 2, 1), bias.reshape(o, 1), out=dst)
-        if bias is not None and nhwc:
-            y2 = y.reshape(-1, o)
-            np.add(y2, bias, out=y2)
+                src = part.reshape(s1 - s0, l, o).transpose(0, 2, 1)
+                if bias_on_copy:
+                    np.add(src, bias.reshape(o, 1), out=dst)
+                else:
+                    np.copyto(dst, src)
+        y = y.transpose(0, 3, 1, 2) if nhwc else y
         saved = None
-        if save and nb >= n:
-            saved, cols_buf = Saved(cols_buf, pool), None
-        elif save:
-            saved = Saved(None, pool)
+        if save or grad:
+            keep = save and nb >= n
+            saved = Saved(cols_buf if keep else None, pool, activation, slope,
+                          y if entry is not None else None, mask)
+            mask = None
+            if keep:
+                cols_buf = None
     finally:
         pool.give(cols_buf)
         pool.give(scratch)
-    return (y.transpose(0, 3, 1, 2) if nhwc else y), saved
+        if mask is not None:
+            pool.give(mask.reshape(-1))
+    return y, saved
 
 
-def _grad_nhwc(gy, pool):
+def _grad_nhwc(gy, pool, saved=None):
     """gy (N, O, OH, OW) as the channels-last (N*L, O) matrix, and the pool buffer holding it
-    when it had to be copied (an NCHW gradient: one transposed copy, which the 2-D GEMMs
-    after it repay at 2 threads)."""
+    when it had to be made: an NCHW gradient (one transposed copy, which the 2-D GEMMs after
+    it repay at 2 threads) or one through a fused activation's backward (the transposed read
+    and the ReLU mask in one pass)."""
     n, o, oh, ow = gy.shape
     gyh = _nhwc(gy)
-    if gyh.flags.c_contiguous:
+    act = LINEAR if saved is None else saved.activation
+    if act == LINEAR and gyh.flags.c_contiguous:
         return gyh.reshape(n * oh * ow, o), None
     buf = pool.take(gy.size, gy.dtype)
-    np.copyto(buf.reshape(n, oh, ow, o), gyh)
+    out = buf.reshape(n, oh, ow, o)
+    if act == LINEAR:
+        np.copyto(out, gyh)
+    elif saved.mask is not None:
+        it = saved.mask.dtype
+        np.bitwise_and(gyh.view(it), saved.mask.reshape(out.shape), out=out.view(it))
+    else:
+        _acts.get(act).numpy_backward(_nhwc(saved.y), gyh, out, saved.slope, None)
     return buf.reshape(n * oh * ow, o), buf
 
 
 def numpy_backward(backend, x, w, gy, saved, g: Geometry, need_x: bool, need_w: bool,
                    need_b: bool):
-    """(gx, gw, gb) for gy (N, O, OH, OW) of any strides; entries not asked for are None.
+    """(gx, gw, gb) for gy (N, O, OH, OW) of any strides (the gradient of the fused
+    activation's output when the forward had one); entries not asked for are None.
     ``gx`` (N, C, H, W) as ``OUTPUT_LAYOUT``, ``gw`` (O, C/g, kh, kw) contiguous, ``gb`` (O,)."""
     pool = pool_of(backend)
-    gy2, gy_buf = _grad_nhwc(gy, pool)
+    gy2, gy_buf = _grad_nhwc(gy, pool, saved)
     gx = gw = gb = None
     try:
         if need_b:
@@ -403,13 +465,20 @@ def _weight_grad(pool, x, w, gy2, saved, g: Geometry):
 
 
 def _data_grad(pool, gy2, w, g: Geometry, x_shape, oh, ow):
+    """gx (N, C, H, W) (as ``OUTPUT_LAYOUT``) from gy2 (N*L, O), into a zeroed padded NHWC sum.
+
+    Ungrouped convolutions with C >= ``_PER_TAP_MIN_C`` go tap by tap: for a chunk of samples,
+    each of the kh*kw taps is one GEMM ``gy (m*L, O) @ W[:, :, i, j] (O, C)`` into a
+    cache-sized slab, added to its strided window of the sum right away (0.54x the time of one
+    big GEMM over all taps followed by kh*kw full-size strided adds, measured on benchmark D).
+    Otherwise (few channels: thin per-tap GEMMs; groups) one GEMM makes a chunk's gcols (m*L,
+    g, K) and a col2im of kh*kw strided adds follows."""
     n, c, h, wd = x_shape
     gr = g.groups
     cg, o = c // gr, w.shape[0]
     k = g.kh * g.kw * cg
     l = oh * ow
     dt = gy2.dtype
-    wmt = _weight_matrix(w, g).transpose(0, 2, 1)  # (g, Og, K)
     hp, wp = h + g.pt + g.pb, wd + g.pl + g.pr
     nhwc = OUTPUT_LAYOUT == "nhwc"
     # NCHW: the NHWC sum is scratch (copied out below), so it comes from the pool
@@ -419,12 +488,22 @@ def _data_grad(pool, gy2, w, g: Geometry, x_shape, oh, ow):
     else:
         gxp = gx_buf.reshape(n, hp, wp, c)
         gxp.fill(0)
-    nb = _batch_chunk(n, l * gr * k * dt.itemsize, min(DATA_GRAD_CHUNK_BYTES, _LIMIT[0]))
-    buf = pool.take(nb * l * gr * k, dt)
+    per_tap = gr == 1 and c >= _PER_TAP_MIN_C
+    if per_tap:
+        wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (kh, kw, O, C)
+        nb = _batch_chunk(n, l * c * dt.itemsize, _PIECE_BYTES)
+        buf = pool.take(nb * l * c, dt)
+    else:
+        wmt = _weight_matrix(w, g).transpose(0, 2, 1)  # (g, Og, K)
+        nb = _batch_chunk(n, l * gr * k * dt.itemsize, min(DATA_GRAD_CHUNK_BYTES, _LIMIT[0]))
+        buf = pool.take(nb * l * gr * k, dt)
     try:
         for n0 in range(0, n, nb):
             n1 = min(n, n0 + nb)
             m = n1 - n0
+            if per_tap:
+                _taps_add(gxp[n0:n1], gy2[n0 * l:n1 * l], wt, buf[:m * l * c], g, oh, ow)
+                continue
             gc = buf[:m * l * gr * k]
             # gcols (m*L, g, K) = gy (m*L, g, Og) @ W'^T (g, Og, K), group by group
             _gemm_nhwc(gy2[n0 * l:n1 * l].reshape(m, l, gr, o // gr), wmt,
@@ -435,6 +514,21 @@ def _data_grad(pool, gy2, w, g: Geometry, x_shape, oh, ow):
     finally:
         pool.give(buf)
         pool.give(gx_buf)
+
+
+def _taps_add(gxp, gy2, wt, buf, g: Geometry, oh, ow):
+    """gxp (m, Hp, Wp, C) += each tap's ``gy2 (m*L, O) @ wt[i, j] (O, C)`` at its window."""
+    m, c = gxp.shape[0], gxp.shape[3]
+    slab = buf.reshape(m * oh * ow, c)
+    slab4 = buf.reshape(m, oh, ow, c)
+    for i in range(g.kh):
+        r0 = i * g.dh
+        rows = slice(r0, r0 + g.sh * (oh - 1) + 1, g.sh)
+        for j in range(g.kw):
+            c0 = j * g.dw
+            np.matmul(gy2, wt[i, j], out=slab)
+            tgt = gxp[:, rows, c0:c0 + g.sw * (ow - 1) + 1:g.sw]
+            np.add(tgt, slab4, out=tgt)
 
 
 # ============================================================================== CUDA
@@ -587,9 +681,11 @@ def _sizes(x, w, g: Geometry):
     return n, c, h, wd, o, gr, o // gr, (c // gr) * g.kh * g.kw, oh, ow, oh * ow, x.dtype
 
 
-def cupy_forward(backend, x, w, bias, g: Geometry, save: bool):
-    """y (N, O, OH, OW) contiguous, and None (the backward recomputes nothing it cannot
-    afford: cols are rebuilt there, one kernel pass)."""
+def cupy_forward(backend, x, w, bias, g: Geometry, save: bool, activation: str = LINEAR,
+                 slope: float = 0.01, grad=None):
+    """y (N, O, OH, OW) = act(conv(x, w) + bias), contiguous, and a :class:`Saved` holding a
+    fused activation's output when a backward will come (``grad``, default ``save``), else
+    None (cols are rebuilt in the backward, one kernel pass)."""
     cp = backend.xp
     n, c, h, wd, o, gr, og, k, oh, ow, l, dt = _sizes(x, w, g)
     with backend.use():
@@ -607,6 +703,10 @@ def cupy_forward(backend, x, w, bias, g: Geometry, save: bool):
             cp.matmul(wm, cm.reshape(m, gr, k, l), out=y[n0:n1].reshape(m, gr, og, l))
         if bias is not None:
             y += bias.reshape(1, o, 1, 1)
+        if activation != LINEAR:
+            backend.activation_forward(activation, y, slope, out=y)
+    if activation != LINEAR and (save if grad is None else grad):
+        return y, Saved(activation=activation, slope=slope, y=y)
     return y, None
 
 
@@ -617,6 +717,8 @@ def cupy_backward(backend, x, w, gy, saved, g: Geometry, need_x: bool, need_w: b
     n, c, h, wd, o, gr, og, k, oh, ow, l, dt = _sizes(x, w, g)
     gx = gw = gb = None
     with backend.use():
+        if saved is not None and saved.activation != LINEAR:
+            gy = backend.activation_backward(saved.activation, saved.y, gy, saved.slope)
         gy = backend._contig(gy)
         if need_b:
             gb = gy.sum(axis=(0, 2, 3))

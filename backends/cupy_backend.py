@@ -402,8 +402,10 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ convolution
     # im2col/col2im kernels + cuBLAS GEMMs; see ``backends.conv``.
-    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True):
-        return _conv.cupy_forward(self, x, weight, bias, geometry, save)
+    def conv2d_forward(self, x, weight, bias, geometry, save: bool = True,
+                       activation: str = "linear", negative_slope: float = 0.01, grad=None):
+        return _conv.cupy_forward(self, x, weight, bias, geometry, save, activation,
+                                  negative_slope, grad)
 
     def conv2d_backward(self, x, weight, gy, saved, geometry, need_x: bool = True,
                         need_w: bool = True, need_b: bool = True):

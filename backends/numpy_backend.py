@@ -397,8 +397,10 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------------ convolution
     # NHWC im2col + one GEMM per pass; see ``backends.conv``.
-    def conv2d_forward(self, x, weight, bias, geometry, save=True):
-        return _conv.numpy_forward(self, x, weight, bias, geometry, save)
+    def conv2d_forward(self, x, weight, bias, geometry, save=True, activation="linear",
+                       negative_slope=0.01, grad=None):
+        return _conv.numpy_forward(self, x, weight, bias, geometry, save, activation,
+                                   negative_slope, grad)
 
     def conv2d_backward(self, x, weight, gy, saved, geometry, need_x=True, need_w=True,
                         need_b=True):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import operator
 
+from .backends import activations as _table
+from .backends.activations import LINEAR
 from .backends.conv import Geometry, output_size
 
 from .activations import float_input as _float_input
@@ -17,7 +19,8 @@ from .autograd import Function
 from .errors import DTypeError, ShapeError
 from .tensor import Tensor
 
-__all__ = ["Conv2dFunction", "conv2d", "conv1d", "conv_geometry", "conv_output_shape"]
+__all__ = ["Conv2dFunction", "conv2d", "conv1d", "conv_geometry", "conv_output_shape",
+           "fusable_activation"]
 
 
 def _tuple(value, n, name, where, minimum):
@@ -79,11 +82,16 @@ class Conv2dFunction(Function):
     """y = conv(x, w) + b, one node: x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) optional.
 
     ``one_d``: x is (N, C, L) and w (O, C/groups, k), run as a one-row 2-D convolution.
+    ``activation`` (a ``backends.activations`` name whose backward reads its output, with its
+    parameter ``slope``): y = act(conv(x, w) + b) in the same node, applied by the backend
+    while each piece of the output is in cache, its backward folded into the conv's.
     """
 
-    def __init__(self, geometry: Geometry, one_d: bool = False):
+    def __init__(self, geometry: Geometry, one_d: bool = False, activation: str = LINEAR,
+                 slope: float = 0.01):
         self.geometry = geometry
         self.one_d = one_d
+        self.activation, self.slope = activation, slope
 
     def forward(self, x, w, b=None):
         if self.one_d:
@@ -91,8 +99,9 @@ class Conv2dFunction(Function):
             w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
         need = self.needs_input_grad
         # the im2col matrix is kept only for a weight gradient
-        y, self.saved = self.backend.conv2d_forward(x, w, b, self.geometry,
-                                                    save=bool(need and need[1]))
+        y, self.saved = self.backend.conv2d_forward(
+            x, w, b, self.geometry, save=bool(need and need[1]), activation=self.activation,
+            negative_slope=self.slope, grad=bool(need))
         if need:
             self.x, self.w, self.has_bias = x, w, b is not None
         return y.reshape(y.shape[0], y.shape[1], y.shape[3]) if self.one_d else y
@@ -128,8 +137,22 @@ class Conv2dFunction(Function):
         super().release()
 
 
-def _conv(x, weight, bias, stride, padding, dilation, groups, n, layer):
+def fusable_activation(activation, negative_slope) -> bool:
+    """Whether a convolution may apply ``activation`` (a ``backends.activations`` name or
+    "linear") itself: an entry whose backward can read its output."""
+    if activation == LINEAR:
+        return True
+    entry = _table.lookup(activation)
+    return entry is not None and entry.output_stands_for_input(float(negative_slope))
+
+
+def _conv(x, weight, bias, stride, padding, dilation, groups, n, layer, activation=LINEAR,
+          negative_slope=0.01):
     where = layer or f"conv{n}d"
+    if not fusable_activation(activation, negative_slope):
+        raise ValueError(f"{where}: activation {activation!r} (negative_slope="
+                         f"{negative_slope}) cannot run fused with a convolution; expected "
+                         f"'linear' or one of {_fusable_names()}")
     if not isinstance(weight, Tensor):
         raise TypeError(f"{where}: weight must be an nnx Tensor, got {type(weight).__name__}")
     x = _float_input(x, where)
@@ -163,7 +186,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, n, layer):
                          f"{(g.dh, g.dw) if n == 2 else (g.dw,)}")
     if unbatched:
         x = x.reshape(1, *x.shape)
-    fn = Conv2dFunction(g, one_d=n == 1)
+    fn = Conv2dFunction(g, one_d=n == 1, activation=activation, slope=float(negative_slope))
     y = fn.apply(x, weight) if bias is None else fn.apply(x, weight, bias)
     return y.reshape(*y.shape[1:]) if unbatched else y
 
@@ -172,7 +195,12 @@ def _padding_text(g, n):
     return f"({g.pt}, {g.pb}), ({g.pl}, {g.pr})" if n == 2 else f"({g.pl}, {g.pr})"
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layer=None):
+def _fusable_names():
+    return tuple(e.name for e in _table.entries() if e.output_stands_for_input(1.0))
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layer=None,
+           activation=LINEAR, negative_slope=0.01):
     """2-D convolution (cross-correlation) over an NCHW batch, as ``torch.nn.functional.conv2d``.
 
     Args:
@@ -184,22 +212,30 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             stride 1 only; odd total padding puts the extra at the bottom/right).
         groups: C and O are split into ``groups`` independent convolutions.
         layer: the calling layer's label for error messages (``nn.Conv2d`` passes its own).
+        activation: ``"linear"`` (default: none) or an activation applied in the same node,
+            ``act(conv + bias)``: one whose backward reads its output (relu, sigmoid, tanh,
+            leaky_relu with a positive ``negative_slope``). ``nn.Sequential`` passes the
+            activation module that follows a Conv2d here.
 
     Returns:
         (N, O, OH, OW) with ``OH = (H + 2 pH - dH (kH - 1) - 1) // sH + 1`` (likewise OW),
-        C-contiguous (on the CPU ``backends.conv.OUTPUT_LAYOUT = "nhwc"`` makes it an NCHW view
-        of a channels-last array instead; the values are the same).
+        on the CPU an NCHW view of a channels-last array (PyTorch's ``channels_last`` memory
+        format; ``backends.conv.OUTPUT_LAYOUT = "nchw"`` makes it C-contiguous instead), on a
+        GPU C-contiguous; the values are the same.
 
     Example:
         >>> x = nnx.randn(8, 1, 28, 28)
         >>> F.conv2d(x, nnx.randn(32, 1, 3, 3), padding="same").shape
         (8, 32, 28, 28)
     """
-    return _conv(input, weight, bias, stride, padding, dilation, groups, 2, layer)
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 2, layer, activation,
+                 negative_slope)
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layer=None):
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layer=None,
+           activation=LINEAR, negative_slope=0.01):
     """1-D convolution over an NCL batch, as ``torch.nn.functional.conv1d``: input (N, C, L)
     (or (C, L)), weight (O, C/groups, k), bias (O,) -> (N, O, OL). Arguments as ``conv2d``'s,
     with ints (or 1-tuples) for stride, padding and dilation."""
-    return _conv(input, weight, bias, stride, padding, dilation, groups, 1, layer)
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 1, layer, activation,
+                 negative_slope)

@@ -465,6 +465,9 @@ def _wait(w, req, what):
                              f"than {w.timeout:g} s for the other ranks (one died or hangs); "
                              f"aborting all ranks (MPI_Abort)\n")
             sys.stderr.flush()
+            # give the launcher a moment to forward the message: MPI_Abort kills the job at
+            # once, and output still in flight was seen lost on a loaded machine
+            time.sleep(0.5)
             w.comm.Abort(1)
         time.sleep(pause)
         pause = min(pause * 2, 1e-3)

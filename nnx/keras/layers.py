@@ -22,6 +22,7 @@ from ..nn.layers import Linear, Softmax, _config_shape, _per_sample_shape
 from ..nn.module import Module, Parameter
 from ..nn.normalization import _BatchNorm
 from .. import activations as _A
+from ..conv import fusable_activation
 from ..errors import CheckpointError, ShapeError
 
 __all__ = ["Dense", "Conv2D", "MaxPooling2D", "BatchNormalization", "ACTIVATIONS"]
@@ -576,9 +577,14 @@ class Conv2D(_Image):
         padding, explicit = self._pads(xc.shape[2], xc.shape[3])
         if explicit is not None:
             xc = F.pad(xc, explicit)
-        y = self._from_nchw(F.conv2d(xc, p["weight"], p["bias"], self.strides, padding,
-                                     self.dilation_rate, self.groups, layer=self._label))
         act = self._act_name
+        fused = act is not None and act != _table.LINEAR and fusable_activation(act, self._slope)
+        y = self._from_nchw(F.conv2d(xc, p["weight"], p["bias"], self.strides, padding,
+                                     self.dilation_rate, self.groups, layer=self._label,
+                                     activation=act if fused else _table.LINEAR,
+                                     negative_slope=self._slope))
+        if fused:  # applied inside the convolution's node
+            return y
         if act == "softmax":
             return F.softmax(y, axis=-1 if self._last else 1)
         if act is None:

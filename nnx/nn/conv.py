@@ -71,7 +71,9 @@ class _ConvNd(Module):
             bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
+    def forward(self, x, activation="linear", negative_slope=0.01):
+        """The convolution of ``x``; ``activation`` (see ``F.conv2d``) is applied in the same
+        node (``nn.Sequential`` passes the activation module that follows this layer)."""
         p = self._parameters
         fn = conv2d if self._n == 2 else conv1d
         padding = self.padding
@@ -79,7 +81,8 @@ class _ConvNd(Module):
             x = F.pad(x, self._mode_pad, mode=self.padding_mode)
             padding = 0
         return fn(x, p["weight"], p["bias"], self.stride, padding, self.dilation,
-                  self.groups, layer=self._label)
+                  self.groups, layer=self._label, activation=activation,
+                  negative_slope=negative_slope)
 
     def output_shape(self, input_shape):
         """``(out_channels, *spatial)`` for a per-sample input ``(in_channels, *spatial)``

@@ -1,5 +1,8 @@
-"""What ``Sequential`` runs: each Linear fused with the activation after it, and each stretch of
-such Linear layers as one ``LinearChain`` graph node.
+"""What ``Sequential`` runs: each Linear fused with the activation after it, each stretch of
+such Linear layers as one ``LinearChain`` graph node, and each Conv2d/Conv1d fused with an
+activation after it whose backward reads its output (ReLU, sigmoid, tanh, leaky ReLU with a
+positive slope): one conv node that applies the activation while each piece of its output is
+in cache and folds the activation's backward into its own (``F.conv2d(activation=...)``).
 
 The layers are computed exactly as separate ``functional.linear`` nodes would compute them
 (same kernels, same order, bit-identical results), but the graph gets one node for the whole
@@ -16,12 +19,14 @@ from ..backends import activations as _table
 
 from .. import _config
 from ..cache import Cache
+from ..conv import fusable_activation as _conv_takes
 from ..functional import LinearChain, chain_layer
 from ..tensor import Tensor
 from .activation import fusable as _fusable_activation
+from .conv import Conv1d, Conv2d
 from .layers import Linear
 
-__all__ = ["Run", "fused_args", "plan", "forward", "linear_chain"]
+__all__ = ["Run", "Fused", "fused_args", "plan", "forward", "linear_chain"]
 
 
 class Run(list):
@@ -43,6 +48,22 @@ def fused_args(act):
     return act.fused_activation, act.fused_slope
 
 
+class Fused(tuple):
+    """``(module, activation_module)``: a layer other than Linear run as
+    ``module.forward(x, activation, slope)`` (a convolution with its activation)."""
+
+    __slots__ = ()
+
+
+def _plain_conv(m):
+    """An ``nn.Conv2d``/``nn.Conv1d`` itself whose ``forward`` nobody replaced."""
+    return type(m) in (Conv2d, Conv1d) and "forward" not in m.__dict__
+
+
+def _conv_fuses(m, act) -> bool:
+    return _plain_conv(m) and _fusable_activation(act) and _conv_takes(*fused_args(act))
+
+
 def _plain_linear(m):
     """An ``nn.Linear`` itself (not a subclass) whose ``forward`` nobody replaced on the
     instance: the layers Sequential may run fused."""
@@ -51,9 +72,9 @@ def _plain_linear(m):
 
 def plan(seq):
     """``(entries, runs)`` for the Sequential ``seq``: ``entries`` lists ``(module, activation)``
-    (a Linear followed by a fusable activation module becomes one entry, activation None
-    otherwise); ``runs`` the same with each stretch of consecutive Linear entries gathered into
-    a :class:`Run`. Cached until ``seq`` or one of its children changes."""
+    (a Linear, or a Conv2d/Conv1d, followed by an activation module it can fuse becomes one
+    entry, activation None otherwise); ``runs`` the same with each stretch of consecutive
+    Linear entries gathered into a :class:`Run` and each fused conv as a :class:`Fused`. Cached until ``seq`` or one of its children changes."""
     cache = seq.__dict__.get("_fusion_plan")
     if cache is None:
         cache = Cache()
@@ -66,7 +87,7 @@ def plan(seq):
     while i < len(mods):
         m = mods[i]
         nxt = mods[i + 1] if i + 1 < len(mods) else None
-        if _plain_linear(m) and _fusable_activation(nxt):
+        if (_plain_linear(m) and _fusable_activation(nxt)) or _conv_fuses(m, nxt):
             entries.append((m, nxt))
             i += 2
         else:
@@ -80,7 +101,7 @@ def plan(seq):
             else:
                 runs.append(Run([(m, act)]))
         else:
-            runs.append(m)
+            runs.append(m if act is None else Fused((m, act)))
     return cache.store((entries, runs), [seq, seq._modules] + [m for m in mods if m is not None])
 
 
@@ -91,7 +112,10 @@ def forward(seq, x):
     value = cache.value if cache is not None else None
     for run in (value or plan(seq))[1]:
         if type(run) is not Run:
-            x = run(x)
+            if type(run) is Fused:
+                x = run[0].forward(x, *fused_args(run[1]))
+            else:
+                x = run(x)
             continue
         y = linear_chain(x, run)
         if y is None:
