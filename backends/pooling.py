@@ -16,11 +16,15 @@ the row-major position ``u * kw + v`` of the chosen element inside its window (u
 CPU when ``kh * kw <= 256``, else int32; int32 on CUDA). ``window_indices`` turns it into
 PyTorch's ``return_indices`` (the flat index into the input plane, int64).
 
-The CPU fast path (kernel == stride, no padding or dilation, the benchmark's 2x2 pool) is
-exact only without NaN (its argmax scan lets any tap after a NaN win, and its backward
-multiplies ``gy`` by a 0/1 mask, so a NaN or inf in ``gy`` would reach the whole window): a
-forward whose output holds a NaN, or a backward whose ``gy`` is not all finite, takes the
-general path instead (one sum over the output decides, ~3% of the pass).
+The CPU fast path (kernel == stride, no padding or dilation, at most 256 window positions:
+the benchmark's 2x2 pool) keeps the input's memory format: a channels-last input (4-D, memory
+NHWC, as PyTorch's ``channels_last``) gives channels-last ``y``, ``argmax`` and input gradient,
+and reads the NHWC memory directly (each window position a contiguous channel run); anything
+else is (*, H, W) planes. Its forward scan is exact only without NaN (after a NaN its
+comparisons let the wrong tap win), so a forward whose output holds a NaN takes the general
+path instead (one ``max`` over the output decides). Its backward writes each input element as
+gy's bits times an integer 0/1 (1 at the window's chosen element), so it needs no zero fill
+and a NaN or inf in ``gy`` reaches only the chosen element, as in PyTorch.
 
 The CUDA backwards gather: one thread per input element sums the gradients of the windows that
 chose it (max) or cover it (average), in a fixed order. No atomics, so overlapping windows give
@@ -29,10 +33,15 @@ bit-for-bit repeatable gradients.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from . import cuda_kernels as ck
+from .conv import BufferPool
+
+# work buffers of the CPU fast paths, reused across calls (fresh pages cost ~0.1 ms per MB)
+_WORK = BufferPool(np, keep=2, max_bytes=1 << 27)
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -132,85 +141,173 @@ def _first_valid(n, k, s, p, d, o):
 
 
 def numpy_max_pool2d_forward(x, win: Window):
-    """(y, argmax) of a max-pool of ``x`` (*, H, W); see the module docstring."""
+    """(y, argmax) of a max-pool of ``x`` (*, H, W); see the module docstring.
+
+    A channels-last ``x`` (4-D, its memory NHWC) gives channels-last ``y`` and ``argmax``
+    (NCHW-shaped views of NHWC arrays); anything else gives C-contiguous results."""
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     oh, ow = win.out_hw(h, w)
-    x3 = _planes(x)
     cdt = _code_dtype(win)
-    y = None
-    if win.tiles and win.kh * win.kw > 1:
-        y, code = _max_tiles(x3, win, oh, ow, cdt)
-        if np.isnan(y.sum(dtype=_acc_dtype(y.dtype))):  # a NaN window: redo it on the general
-            y = None                                     # scan, which picks PyTorch's NaN
-    if y is None:
-        xp_ = _padded(x3, win, oh, ow, -np.inf)
-        y = np.full((x3.shape[0], oh, ow), -np.inf, dtype=x.dtype)
-        # PyTorch starts each window at its first element inside the input (padding never wins)
-        code = (_first_valid(h, win.kh, win.sh, win.ph, win.dh, oh)[:, None] * win.kw
-                + _first_valid(w, win.kw, win.sw, win.pw, win.dw, ow)[None, :]).astype(cdt)
-        code = np.broadcast_to(code, y.shape).copy()
-        m = np.empty(y.shape, dtype=bool)
-        nan = np.empty(y.shape, dtype=bool)
-        for u in range(win.kh):
-            for v in range(win.kw):
-                t = _tap(xp_, u, v, win, oh, ow)
-                np.greater(t, y, out=m)
-                np.isnan(t, out=nan)
-                m |= nan
-                np.copyto(y, t, where=m)
-                np.copyto(code, cdt(u * win.kw + v), where=m)
-    return y.reshape(lead + (oh, ow)), code.reshape(lead + (oh, ow))
-
-
-def _max_tiles(x3, win, oh, ow, cdt):
-    """Non-overlapping windows: a row-major scan of the taps where ``maximum`` gives the values
-    (propagating NaN) and a tap wins when it changed the running maximum, i.e. was strictly
-    greater (ties keep the first). Each tap costs one strided pass over its share of x; the
-    rest works on contiguous output-sized arrays. The argmax update needs no ``where``: taps
-    come in increasing order, so ``argmax = max(argmax, won * tap)``.
-    NOTE: once a window's running maximum is NaN, later taps count as winners, so the
-    argmax of a NaN window may be a later element than PyTorch's (the value is NaN either
-    way); the caller redoes such inputs on the general path."""
-    y = None
-    y2 = np.empty((x3.shape[0], oh, ow), dtype=x3.dtype)
-    code = np.zeros(y2.shape, dtype=cdt)
-    won = np.empty(y2.shape, dtype=bool)
-    tap = np.empty(y2.shape, dtype=cdt)
+    last = _channels_last(x)
+    if win.tiles and 1 < win.kh * win.kw <= 256 and x.size:
+        y, code = _max_tiles(_nhwc(x, last), win, oh, ow, cdt)
+        if not np.isnan(y.max()):  # a NaN window: redo it on the general scan (PyTorch's pick)
+            return _from_nhwc(y, lead, last), _from_nhwc(code, lead, last)
+    x3 = _planes(x)
+    xp_ = _padded(x3, win, oh, ow, -np.inf)
+    y = np.full((x3.shape[0], oh, ow), -np.inf, dtype=x.dtype)
+    # PyTorch starts each window at its first element inside the input (padding never wins)
+    code = (_first_valid(h, win.kh, win.sh, win.ph, win.dh, oh)[:, None] * win.kw
+            + _first_valid(w, win.kw, win.sw, win.pw, win.dw, ow)[None, :]).astype(cdt)
+    code = np.broadcast_to(code, y.shape).copy()
+    m = np.empty(y.shape, dtype=bool)
+    nan = np.empty(y.shape, dtype=bool)
     for u in range(win.kh):
         for v in range(win.kw):
-            t = _tap(x3, u, v, win, oh, ow)
-            if y is None:
-                y = t.copy()
-                continue
-            np.maximum(y, t, out=y2)
-            np.not_equal(y2, y, out=won)
-            np.multiply(won, cdt(u * win.kw + v), out=tap)
-            np.maximum(code, tap, out=code)
-            y, y2 = y2, y
+            t = _tap(xp_, u, v, win, oh, ow)
+            np.greater(t, y, out=m)
+            np.isnan(t, out=nan)
+            m |= nan
+            np.copyto(y, t, where=m)
+            np.copyto(code, cdt(u * win.kw + v), where=m)
+    y, code = y.reshape(lead + (oh, ow)), code.reshape(lead + (oh, ow))
+    if last:  # keep the input's memory format on this (rare) path too
+        y, code = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+                   for a in (y, code))
+    return y, code
+
+
+# The tiles fast path works on a 4-D (B, H, W, C) array: the NHWC memory of a channels-last
+# input, or (B, H, W, 1) planes of anything else, so both layouts share one code path.
+def _channels_last(a) -> bool:
+    """A 4-D NCHW-shaped ``a`` whose memory is NHWC (and not also C-contiguous, as C = 1 is)."""
+    return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _nhwc(a, last):
+    return a.transpose(0, 2, 3, 1) if last else _planes(a)[..., None]
+
+
+def _from_nhwc(a, lead, last):
+    """(B, H, W, C) back to the caller's NCHW shape: a channels-last view or C-contiguous."""
+    return a.transpose(0, 3, 1, 2) if last else a.reshape(lead + a.shape[1:3])
+
+
+def _windows(a, win, oh, ow):
+    """The tiles of (B, H, W, C) ``a`` as a (B, OH, kh, OW, kw, C) view (rows/columns past the
+    last window are left out)."""
+    sb, sh, sw, sc = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, (a.shape[0], oh, win.kh, ow, win.kw, a.shape[3]),
+        (sb, sh * win.kh, sh, sw * win.kw, sw, sc), writeable=a.flags.writeable)
+
+
+def _max_tiles(a, win, oh, ow, cdt):
+    """(y, code) (B, OH, OW, C) of the tiles of ``a`` (B, H, W, C). One copy lays the window
+    positions out as contiguous planes (NumPy's copy loops take strided runs far faster than
+    its ufunc loops: ~12 vs ~60 ns per run of 64), then a row-major scan over the planes keeps
+    the running maximum ``y``; a later position wins only when strictly greater, so ties keep
+    the first maximum. ``maximum`` propagates NaN, so a NaN window shows in ``y`` (its code
+    may not be PyTorch's then; the caller checks). Only ``y`` and ``code`` are new memory."""
+    t = _windows(a, win, oh, ow)
+    shape = t.shape[:2] + t.shape[3:4] + t.shape[5:]
+    k, n = win.kh * win.kw, int(np.prod(shape))
+    y, code = np.empty(shape, dtype=a.dtype), np.empty(shape, dtype=cdt)
+    bufs = [_WORK.take(k * n, a.dtype), _WORK.take(n, np.uint8)]
+    try:
+        planes = bufs[0].reshape((win.kh, win.kw) + shape)
+        _copy_planes(planes, t.transpose(2, 4, 0, 1, 3, 5))
+        planes = planes.reshape((k,) + shape)
+        won = bufs[1].reshape(shape)
+        # on a tie y keeps the earlier value (PyTorch's, which matters for -0.0 against +0.0)
+        first = _tie_keeps_first(y.dtype)
+        np.greater(planes[1], planes[0], out=code.view(bool))
+        np.maximum(*((planes[0], planes[1]) if first else (planes[1], planes[0])), out=y)
+        for i in range(2, k):
+            np.greater(planes[i], y, out=won.view(bool))
+            np.maximum(*((y, planes[i]) if first else (planes[i], y)), out=y)
+            won *= np.uint8(i)
+            np.maximum(code, won, out=code)  # positions come in order: the last winner is largest
+    finally:
+        for buf in bufs:
+            _WORK.give(buf)
     return y, code
 
 
 def numpy_max_pool2d_backward(gy, argmax, win: Window, in_hw):
-    """gx (*, H, W): each output's gradient added at its window's first maximum."""
+    """gx (*, H, W): each output's gradient added at its window's first maximum. ``gy`` may
+    have any strides; gx has the memory format of ``argmax`` (the forward's, i.e. the input's)."""
     h, w = in_hw
     oh, ow = gy.shape[-2:]
+    if win.tiles and 1 < win.kh * win.kw <= 256 and gy.size:
+        last = _channels_last(argmax)
+        gx = _scatter_tiles(_nhwc(gy, last), np.ascontiguousarray(_nhwc(argmax, last)),
+                            win, in_hw)
+        return _from_nhwc(gx, gy.shape[:-2], last)
     g3, c3 = _planes(gy), _planes(argmax)
-    # every input in one window; a mask product would spread a NaN/inf of gy over its window
-    exact = (win.tiles and h == oh * win.kh and w == ow * win.kw
-             and bool(np.isfinite(g3.sum(dtype=_acc_dtype(g3.dtype)))))
-    if not exact:  # sums of overlapping windows: float16 adds in float32, as the CUDA kernel
-        g3 = g3.astype(_acc_dtype(gy.dtype), copy=False)
-    gx = _grad_buffer(g3, win, oh, ow, in_hw, exact)
+    # sums of overlapping windows: float16 adds in float32, as the CUDA kernel
+    g3 = g3.astype(_acc_dtype(gy.dtype), copy=False)
+    gx = _grad_buffer(g3, win, oh, ow, in_hw, False)
     sel = np.empty(g3.shape, dtype=bool)
     for u in range(win.kh):
         for v in range(win.kw):
             np.equal(c3, u * win.kw + v, out=sel)
-            t = _tap(gx, u, v, win, oh, ow)
-            if exact:
-                np.multiply(g3, sel, out=t)
-            else:
-                t += np.where(sel, g3, 0)
+            _tap(gx, u, v, win, oh, ow)[...] += np.where(sel, g3, 0)
     return _unpad(gx, win, in_hw).astype(gy.dtype, copy=False).reshape(gy.shape[:-2] + (h, w))
+
+
+@functools.lru_cache(maxsize=None)
+def _tie_keeps_first(dtype) -> bool:
+    """Whether ``np.maximum(a, b)`` returns ``a`` on a tie for ``dtype`` (float32/64 SIMD
+    loops return ``b``, float16 ``a``); probed on -0.0 against +0.0."""
+    z = np.zeros(19, dtype=dtype)
+    return bool(np.signbit(np.maximum(-z, z)).all())
+
+
+def _copy_planes(dst, src):
+    """``dst[...] = src`` for (kh, kw, B, OH, OW, C) windows and planes: with channel runs
+    (C > 1) one copy, else (runs of stride-kw elements) one copy per window position, which
+    NumPy's copy loops take ~1.4x faster there."""
+    if dst.shape[-1] > 1:
+        np.copyto(dst, src)
+        return
+    for u in range(dst.shape[0]):
+        for v in range(dst.shape[1]):
+            np.copyto(dst[u, v], src[u, v])
+
+
+def _scatter_tiles(gy, code, win, in_hw):
+    """gx (B, H, W, C) from ``gy`` and ``code`` (B, OH, OW, C; ``code`` contiguous): each
+    window position gets ``gy * [code == position]`` computed on the floats' bits as integers
+    (so exactly gy or +0, whatever gy holds, NaN and inf included), and these shares tile gx
+    (no zero fill but for the rows/columns no window covers). With channel runs (C > 1) the
+    shares go to contiguous planes and one copy tiles gx with them; planes (C = 1) take each
+    share straight into its strided place."""
+    b, oh, ow, c = shape = code.shape
+    h, w = in_hw
+    gx = np.empty((b, h, w, c), dtype=gy.dtype)
+    gx[:, oh * win.kh:] = 0
+    gx[:, :oh * win.kh, ow * win.kw:] = 0
+    it = np.dtype(f"i{gy.dtype.itemsize}")
+    k, n = win.kh * win.kw, code.size
+    gxw = _windows(gx.view(it), win, oh, ow).transpose(2, 4, 0, 1, 3, 5)  # (kh, kw, B, ...)
+    bufs = [_WORK.take(n, gy.dtype), _WORK.take(n, it)]
+    if c > 1:
+        bufs.append(_WORK.take(k * n, it))
+    try:
+        g, one = (x.reshape(shape) for x in bufs[:2])
+        planes = bufs[2].reshape((win.kh, win.kw) + shape) if c > 1 else gxw
+        np.copyto(g, gy)  # one pass that also lays out a gy of any strides as code is
+        gi = g.view(it)
+        for i in range(k):
+            np.equal(code, i, out=one)
+            np.multiply(gi, one, out=planes[i // win.kw, i % win.kw])
+        if c > 1:
+            np.copyto(gxw, planes)
+    finally:
+        for buf in bufs:
+            _WORK.give(buf)
+    return gx
 
 
 def _grad_buffer(g3, win, oh, ow, in_hw, exact):
