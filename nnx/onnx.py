@@ -515,7 +515,11 @@ def _conv(g, r):
     else:
         attrs = dict(kernel_shape=[k.kh, k.kw], strides=[k.sh, k.sw],
                      pads=[k.pt, k.pl, k.pb, k.pr], dilations=[k.dh, k.dw])
-    return g.node("Conv", r.names, group=int(k.groups), **attrs)
+    y = g.node("Conv", r.names, group=int(k.groups), **attrs)
+    if r.fn.activation == _table.LINEAR:
+        return y
+    # a Conv2d fused with the activation after it (the Sequential plan, Keras's activation=)
+    return _activation(g, r, r.fn.activation, y, r.fn.slope)
 
 
 def _affine_inputs(g, r, shape):

@@ -730,3 +730,20 @@ def test_cli_export_image_model_with_standardization(tmp_path):
     want = _nnx_out(model, ((x - mean.reshape(4, 4, 1)) / std.reshape(4, 4, 1)).astype(np.float32))
     got = _run_onnx(tmp_path / "m.onnx", x.astype(np.float32))[0]
     np.testing.assert_allclose(got, want[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "leaky_relu"])
+def test_conv_fused_with_its_activation_exports_the_activation(act, tmp_path):
+    """A Conv2d followed by a monotone activation runs as one fused node in the Sequential
+    plan: the export must still emit the activation after the Conv."""
+    nnx.manual_seed(21)
+    make_act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+                "leaky_relu": lambda: nn.LeakyReLU(0.2)}[act]
+    model = TorchSequential(nn.Conv2d(3, 5, 3, padding=1), make_act(),
+                            nn.Conv2d(5, 4, 3, stride=2), make_act(), nn.Flatten(),
+                            nn.Linear(4 * 3 * 3, 3))
+    proto = roundtrip(model, (3, 7, 8), tmp_path)
+    ops = [n.op_type for n in proto.graph.node]
+    onnx_name = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh",
+                 "leaky_relu": "LeakyRelu"}[act]
+    assert ops.count("Conv") == 2 and ops.count(onnx_name) == 2

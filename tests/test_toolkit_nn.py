@@ -183,6 +183,25 @@ def test_module_list_ops_follow_torch():
     assert isinstance(pl[1], nn.Parameter) and list(pl.state_dict()) == ["0", "1"]
 
 
+def test_sequential_setitem_delitem_follow_torch():
+    out = []
+    for lib in (nn, torch.nn):
+        seq = lib.Sequential(lib.Linear(2, 3), lib.ReLU(), lib.Linear(3, 4), lib.Tanh())
+        seq[1] = lib.Sigmoid()
+        seq[-1] = lib.Linear(4, 1)
+        del seq[0]
+        del seq[1:2]
+        out.append(([type(m).__name__ for m in seq], list(seq.state_dict())))
+    assert out[0] == out[1]
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    x = nnx.ones(1, 2)
+    seq[1] = nn.Sigmoid()  # the fused plan follows the replacement
+    z = nnx.functional.linear(x, seq[0].weight, seq[0].bias).numpy()
+    np.testing.assert_allclose(seq(x).numpy(), 1 / (1 + np.exp(-z)), rtol=1e-6)
+    with pytest.raises(IndexError):
+        seq[2] = nn.ReLU()
+
+
 def test_apply_requires_grad_zero_grad():
     seen = []
     ours = _Net(nn)

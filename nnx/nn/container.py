@@ -56,6 +56,23 @@ class Sequential(Module):
             raise IndexError(f"Sequential index {idx} out of range for {len(mods)} modules")
         return mods[idx][1]
 
+    def __setitem__(self, idx, module):
+        """``seq[i] = module`` replaces the i-th child, keeping its name (as PyTorch)."""
+        name = list(self._modules)[_index(idx, len(self._modules), "Sequential")]
+        self.add_module(name, module)
+
+    def __delitem__(self, idx):
+        """``del seq[i]`` (or a slice); the remaining children are renumbered "0", "1", ...
+        as PyTorch does."""
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[_index(idx, len(mods), "Sequential")]
+        self._modules.clear()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
     def append(self, module):
         self.add_module(str(len(self._modules)), module)
         return self
