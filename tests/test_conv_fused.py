@@ -109,18 +109,21 @@ def test_wide_conv_gradcheck(case, layout):
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kw), ts, n_directions=6)
 
 
-def test_per_tap_chunks_give_the_same_gradient(monkeypatch, layout):
-    """Several sample chunks (a tiny piece size) and the one-GEMM path agree."""
-    x, w, b, kw = _case((5, 16, 8, 7, 4, 3, 1, 1, 1), np.float64)
-    gy = np.random.default_rng(2).standard_normal((5, 4, 8, 7))
+@pytest.mark.parametrize("case", [(5, 16, 8, 7, 4, 3, 1, 1, 1),
+                                  (3, 16, 9, 8, 4, (3, 2), (2, 1), (1, 2), (1, 2))], ids=str)
+def test_per_tap_chunks_give_the_same_gradient(monkeypatch, layout, case):
+    """Several sample chunks (a tiny piece size) and the one-GEMM + col2im path agree."""
+    x, w, b, kw = _case(case, np.float64)
+    shape = F.conv2d(T(x), T(w), T(b), **kw).shape
+    gy = np.random.default_rng(2).standard_normal(shape)
     base = _nnx_grads(x, w, b, kw, gy)
     monkeypatch.setattr(cv, "_PIECE_BYTES", 1)  # one sample per chunk
     chunked = _nnx_grads(x, w, b, kw, gy)
     monkeypatch.setattr(cv, "_PER_TAP_MIN_C", 10 ** 6)  # the gcols + col2im path
     other = _nnx_grads(x, w, b, kw, gy)
-    for a, c, d in zip(base, chunked, other):
-        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(d, a, rtol=1e-12, atol=1e-12)
+    for a, *rest in zip(base, chunked, other):
+        for c in rest:
+            np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------- fused activation
