@@ -260,3 +260,13 @@ def test_fit_class_weight_refuses_a_regression_loss():
     model.compile(loss="mse", optimizer="sgd")
     with pytest.raises(ValueError, match="class_weight"):
         model.fit(np.ones((4, 3)), np.ones((4, 1)), epochs=1, verbose=0, class_weight={0: 2.0})
+
+
+def test_keras_layers_namespace_has_flatten_dropout_input():
+    from nnx import keras
+    model = keras.Sequential([keras.layers.Input((4, 4, 1)), keras.layers.Conv2D(2, 3),
+                              keras.layers.Flatten(), keras.layers.Dropout(0.1),
+                              keras.layers.Dense(3)])
+    model.eval()
+    assert model(nnx.ones(2, 4, 4, 1)).shape == (2, 3)
+    assert keras.layers.Flatten is keras.Flatten and keras.layers.Input is keras.Input

@@ -18,14 +18,17 @@ from ..nn.config import class_name, config_arg, layer_from_config
 from ..backends import activations as _table
 
 from ..nn.activation import fusable, names as activation_names
-from ..nn.layers import Linear, Softmax, _config_shape, _per_sample_shape
+from ..nn.inputs import Input
+from ..nn.layers import Dropout, Flatten, Linear, Softmax, _config_shape, _per_sample_shape
 from ..nn.module import Module, Parameter
 from ..nn.normalization import _BatchNorm
 from .. import activations as _A
 from ..conv import fusable_activation
 from ..errors import CheckpointError, ShapeError
 
-__all__ = ["Dense", "Conv2D", "MaxPooling2D", "BatchNormalization", "ACTIVATIONS"]
+# Flatten, Dropout and Input are nnx.nn's own, here too so that keras.layers.Flatten() ports
+__all__ = ["Dense", "Conv2D", "MaxPooling2D", "BatchNormalization", "Flatten", "Dropout", "Input",
+           "ACTIVATIONS"]
 
 # Activation names Dense accepts (each entry of backends.activations by its name and Keras name,
 # "linear", "softmax"; see nnx.nn.activation.names() for the current list). "leaky_relu" uses
