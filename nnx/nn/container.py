@@ -64,14 +64,7 @@ class Sequential(Module):
     def __delitem__(self, idx):
         """``del seq[i]`` (or a slice); the remaining children are renumbered "0", "1", ...
         as PyTorch does."""
-        mods = list(self._modules.values())
-        if isinstance(idx, slice):
-            del mods[idx]
-        else:
-            del mods[_index(idx, len(mods), "Sequential")]
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
+        _delete_renumbered(self, idx, "Sequential")
 
     def append(self, module):
         self.add_module(str(len(self._modules)), module)
@@ -116,6 +109,18 @@ def _index(idx, n, what):
     if not -n <= idx < n:
         raise IndexError(f"{what} index {idx} out of range for {n} entries")
     return idx % n
+
+
+def _delete_renumbered(container, idx, what):
+    """``del container[idx]`` (an index or a slice), the remaining children renamed "0", "1", ..."""
+    mods = list(container._modules.values())
+    if isinstance(idx, slice):
+        del mods[idx]
+    else:
+        del mods[_index(idx, len(mods), what)]
+    container._modules.clear()
+    for i, m in enumerate(mods):
+        container.add_module(str(i), m)
 
 
 class _ListBase(Module):
@@ -166,12 +171,7 @@ class ModuleList(_ListBase):
         self.add_module(str(_index(idx, len(self), "ModuleList")), module)
 
     def __delitem__(self, idx):
-        mods = list(self._modules.values())
-        if isinstance(idx, slice):
-            del mods[idx]
-        else:
-            del mods[_index(idx, len(mods), "ModuleList")]
-        self._renumber(mods)
+        _delete_renumbered(self, idx, "ModuleList")
 
     def __add__(self, other):
         return type(self)(list(self) + list(other))
